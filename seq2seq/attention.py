@@ -1,0 +1,96 @@
+"""Scaled dot-product attention and multi-head attention (§3.2), with the per-layer key/value cache used by
+incremental decoding. Knows nothing of tokens or text.
+
+Shapes: B batch, S source length, T target length, D d_model, H heads, d_k = D / H.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
+              causal: bool = False, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Attention(Q, K, V) = softmax(Q·Kᵀ / √d_k)·V   (§3.2.1, eq. 1)
+
+    Args:
+        q: (B, H, Tq, d_k); k, v: (B, H, Tk, d_k).
+        mask: bool, broadcastable to (B, H, Tq, Tk); True = may attend. None = all keys.
+        causal: also forbid attending to later positions (decoder self-attention, §3.2.3).
+        need_weights: return the attention weights (B, H, Tq, Tk); uses the explicit formula instead of the fused
+            kernel, which gives the same output.
+    Returns:
+        (output (B, H, Tq, d_k), weights or None)
+    """
+    if not need_weights:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                             is_causal=causal and mask is None)
+        return out, None
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+    if causal:
+        tq, tk = scores.shape[-2:]
+        future = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(tk - tq + 1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    out = F.dropout(weights, dropout_p) @ v
+    return out, weights
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1, …, head_h)·W^O, head_i = Attention(Q·W_i^Q, K·W_i^K, V·W_i^V)   (§3.2.2)
+
+    The h per-head projections are stored as one D×D matrix each for Q, K and V (with biases, as in tensor2tensor
+    and Marian). Self-attention computes Q, K, V with one fused (3D×D) product; cross-attention computes K, V
+    from the encoder output once per sentence (`project_kv`) and reuses them at every decoding step.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, attention_dropout: float, cross: bool):
+        super().__init__()
+        self.n_heads, self.d_k, self.cross = n_heads, d_model // n_heads, cross
+        self.attention_dropout = attention_dropout
+        if cross:
+            self.q_proj = nn.Linear(d_model, d_model)
+            self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        else:
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)  # W^O
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.d_k).transpose(1, 2)  # (B, H, T, d_k)
+
+    def merge_heads(self, x: Tensor) -> Tensor:
+        b, _, t, _ = x.shape
+        return x.transpose(1, 2).reshape(b, t, self.n_heads * self.d_k)  # (B, T, D)
+
+    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values from the encoder output (B, S, D) -> 2 × (B, H, S, d_k)."""
+        k, v = self.kv_proj(memory).chunk(2, dim=-1)
+        return self.split_heads(k), self.split_heads(v)
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention queries, keys, values (B, T, D) -> 3 × (B, H, T, d_k)."""
+        q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
+        return self.split_heads(q), self.split_heads(k), self.split_heads(v)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False,
+                kv: tuple[Tensor, Tensor] | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Args:
+            x: queries' input (B, T, D).
+            mask: bool (B, 1, 1|T, S), True = may attend.
+            kv: precomputed (keys, values), each (B, H, S, d_k); required for cross-attention.
+        Returns: (output (B, T, D), weights (B, H, T, S) or None)
+        """
+        dropout_p = self.attention_dropout if self.training else 0.0
+        if self.cross:
+            assert kv is not None, "cross-attention needs the encoder's keys and values"
+            q, (k, v) = self.split_heads(self.q_proj(x)), kv
+        else:
+            q, k, v = self.project_qkv(x)
+        out, weights = attention(q, k, v, mask, dropout_p, causal, need_weights)
+        return self.out_proj(self.merge_heads(out)), weights

@@ -1,0 +1,73 @@
+"""Checkpoints: one file holding weights, configs, the SentencePiece model and (for training) the optimizer and
+scheduler, written atomically. Loading a checkpoint needs nothing else. Also: averaging the last k checkpoints.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .model import Transformer
+from .tokenizer import Tokenizer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or inconsistent; the message says which file and why."""
+
+
+def save(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write to a temporary file in the same directory, then rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or not {"model", "configs", "tokenizer"} <= set(payload):
+        raise CheckpointError(f"{path} is not a seq2seq checkpoint (expected keys model, configs, tokenizer)")
+    return payload
+
+
+def model_from_payload(payload: dict[str, Any], where: str = "checkpoint") -> tuple[Transformer, Tokenizer]:
+    """Build the model and tokenizer a checkpoint describes, checking that they agree."""
+    config = ModelConfig.from_dict(payload["configs"]["model"])
+    tokenizer = Tokenizer(payload["tokenizer"])
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(f"{where}: tokenizer has {tokenizer.vocab_size} ids but the model expects "
+                              f"{config.vocab_size}")
+    model = Transformer(config)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: weights do not match the config: {str(e).splitlines()[0]}") from None
+    return model.eval(), tokenizer
+
+
+def load_model(path: str | Path) -> tuple[Transformer, Tokenizer]:
+    """A checkpoint file -> (model in eval mode on CPU, tokenizer)."""
+    return model_from_payload(load(path), str(path))
+
+
+def average(paths: list[Path]) -> dict[str, Any]:
+    """The element-wise mean of the weights of several checkpoints (Vaswani et al. average the last 5 or 20)."""
+    payloads = [load(p) for p in paths]
+    out = dict(payloads[-1])
+    out["model"] = {k: sum(p["model"][k].double() for p in payloads).div(len(payloads)).to(v.dtype)
+                    for k, v in payloads[-1]["model"].items()}
+    for key in ("optimizer", "scheduler"):
+        out.pop(key, None)
+    out["averaged"] = [str(p) for p in paths]
+    return out

@@ -1,0 +1,214 @@
+"""Frozen dataclass configs: ModelConfig (the network), DataConfig, TrainConfig, DecodeConfig.
+
+Each one round-trips through a plain dict (`to_dict` / `from_dict`) so it can live inside a checkpoint and in a
+YAML/JSON file. Validation happens once, in `__post_init__`, with messages a user can act on.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message says which and what is allowed."""
+
+
+def _from_dict(cls: type[C], d: dict[str, Any]) -> C:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} key(s): {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return cls(**kwargs)
+
+
+class _DictMixin:
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}  # type: ignore
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        return _from_dict(cls, d)
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class ModelConfig(_DictMixin):
+    """The Transformer of "Attention Is All You Need" (§3). Names follow the paper.
+
+    The vocabulary is joint (source and target) and its last id is `<pad>`, which is also the decoder's start
+    symbol (the Marian convention, so that the model exports one-to-one to Marian/CTranslate2).
+    """
+
+    vocab_size: int
+    d_model: int = 512
+    n_heads: int = 8  # h
+    n_layers: int = 6  # N, encoder
+    n_decoder_layers: int | None = None  # N, decoder; None = same as the encoder
+    d_ff: int = 2048
+    dropout: float = 0.1  # P_drop: on sub-layer outputs and on embeddings + positions (§5.4)
+    attention_dropout: float = 0.0  # Deviation (optional, off by default): dropout on attention weights
+    activation_dropout: float = 0.0  # Deviation (optional, off by default): dropout after the FFN's ReLU
+    pre_norm: bool = False  # Deviation (optional): LayerNorm before each sub-layer instead of after
+    max_positions: int = 1024  # rows of the sinusoidal table that are precomputed; longer inputs extend it
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 3:
+            raise ConfigError(f"vocab_size must be >= 3 (</s>, <unk>, <pad>), got {self.vocab_size}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.d_model % 2:
+            raise ConfigError(f"d_model must be even for sinusoidal positions, got {self.d_model}")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.n_layers < 1 or (self.n_decoder_layers is not None and self.n_decoder_layers < 1):
+            raise ConfigError("n_layers and n_decoder_layers must be >= 1")
+
+    @property
+    def d_k(self) -> int:
+        return self.d_model // self.n_heads  # d_k = d_v = d_model / h
+
+    @property
+    def n_dec_layers(self) -> int:
+        return self.n_layers if self.n_decoder_layers is None else self.n_decoder_layers
+
+    @property
+    def pad_id(self) -> int:
+        return self.vocab_size - 1
+
+    # Presets. base() and big() are Table 3 of the paper; the others are sized for a 2-core CPU.
+    @classmethod
+    def base(cls, vocab_size: int) -> "ModelConfig":
+        return cls(vocab_size, d_model=512, n_heads=8, n_layers=6, d_ff=2048, dropout=0.1)
+
+    @classmethod
+    def big(cls, vocab_size: int) -> "ModelConfig":
+        return cls(vocab_size, d_model=1024, n_heads=16, n_layers=6, d_ff=4096, dropout=0.3)
+
+    @classmethod
+    def small(cls, vocab_size: int) -> "ModelConfig":
+        return cls(vocab_size, d_model=256, n_heads=4, n_layers=3, d_ff=1024, dropout=0.1)
+
+    @classmethod
+    def tiny(cls, vocab_size: int) -> "ModelConfig":
+        return cls(vocab_size, d_model=32, n_heads=2, n_layers=2, d_ff=64, dropout=0.0)
+
+
+@dataclass(frozen=True)
+class DataConfig(_DictMixin):
+    """Where the parallel text comes from and how it is cut into batches.
+
+    A corpus is named by a string: a path prefix `dir/train` (reads `train.fr[.gz]` + `train.en[.gz]`), a `.tsv`
+    file (source<TAB>target), a `.jsonl` file (`{"translation": {"fr": ..., "en": ...}}` or `{"fr":..,"en":..}`),
+    or a Hugging Face hub dataset `hf:NAME[:CONFIG][:SPLIT]` with a `translation` field (e.g. `hf:wmt14:fr-en:train`).
+    """
+
+    train: tuple[str, ...] = ()
+    dev: str | None = None
+    src_lang: str = "fr"
+    tgt_lang: str = "en"
+    vocab_size: int = 8000  # SentencePiece pieces; the model adds <pad>, so ModelConfig.vocab_size = this + 1
+    spm_model_type: str = "unigram"
+    spm_max_sentences: int = 400_000  # sentences sampled to train SentencePiece
+    max_tokens: int = 4096  # per batch: padded source tokens + padded target tokens
+    max_len: int = 128  # drop training pairs with more subword tokens than this on either side
+    dev_bleu_sentences: int = 500  # dev BLEU on the first N dev pairs (0 = all)
+    cache_dir: str | None = None  # tokenized datasets cache; None = OUT/cache
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < self.max_len + 1:
+            raise ConfigError(f"max_tokens ({self.max_tokens}) must exceed max_len ({self.max_len})")
+        if self.vocab_size < 16:
+            raise ConfigError(f"data vocab_size must be >= 16, got {self.vocab_size}")
+        if self.spm_model_type not in ("unigram", "bpe"):
+            raise ConfigError(f"spm_model_type must be 'unigram' or 'bpe', got {self.spm_model_type!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_DictMixin):
+    """The training recipe of §5: Adam(0.9, 0.98, 1e-9), warmup then inverse square root, label smoothing 0.1."""
+
+    max_steps: int = 100_000
+    lr_scale: float = 1.0  # multiplies eq. 3's lrate; 1.0 = the paper
+    warmup_steps: int = 4000
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1  # ε_ls
+    clip_norm: float = 0.0  # Deviation (optional): gradient clipping by global norm; 0 = off, as in the paper
+    accum_steps: int = 1  # micro-batches per optimizer step
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+    compile: bool = False  # torch.compile the model
+    seed: int = 1
+    log_every: int = 50
+    eval_every: int = 1000  # dev loss + dev BLEU; 0 = only at the end
+    save_every: int = 1000
+    keep_checkpoints: int = 5  # step checkpoints kept on disk (the best one is kept separately)
+    average_last: int = 0  # at the end, average the last k step checkpoints into averaged.pt (0 = off)
+    patience: int = 0  # early stopping after this many evals without a better dev BLEU (0 = off)
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall-clock time; 0 = no limit
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.accum_steps < 1 or self.max_steps < 0 or self.warmup_steps < 1:
+            raise ConfigError("accum_steps and warmup_steps must be >= 1 and max_steps >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class DecodeConfig(_DictMixin):
+    """How to search for a translation. Defaults follow the paper §6.1: beam 4, length penalty α = 0.6, and an
+    output of at most (source length + 50) tokens.
+    """
+
+    beam_size: int = 4  # K; 1 = greedy
+    length_penalty: float = 0.6  # α of the GNMT penalty ((5 + |Y|) / 6)^α; 0 = none
+    n_best: int = 1  # hypotheses returned per input (<= beam_size, or <= num_samples when sampling)
+    max_len_a: float = 1.0  # max output tokens = a * source tokens + b
+    max_len_b: int = 50
+    min_len: int = 0  # EOS is forbidden before this many tokens
+    sample: bool = False  # sample instead of beam search
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    num_samples: int = 1
+    seed: int | None = None  # per-request seed for sampling; None = nondeterministic
+    no_repeat_ngram_size: int = 0  # 0 = off
+    repetition_penalty: float = 1.0  # 1.0 = off (CTRL-style, divides positive logits)
+    return_attention: bool = False  # keep each output token's cross-attention
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.beam_size >= 1, f"beam_size must be >= 1, got {self.beam_size}"),
+            (self.length_penalty >= 0, f"length_penalty must be >= 0, got {self.length_penalty}"),
+            (self.n_best >= 1, f"n_best must be >= 1, got {self.n_best}"),
+            (self.max_len_a >= 0 and self.max_len_b >= 0, "max_len_a and max_len_b must be >= 0"),
+            (self.min_len >= 0, f"min_len must be >= 0, got {self.min_len}"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (self.top_k >= 0, f"top_k must be >= 0 (0 = off), got {self.top_k}"),
+            (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}"),
+            (self.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"),
+            (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        limit = self.num_samples if self.sample else self.beam_size
+        if self.n_best > limit:
+            what = "num_samples" if self.sample else "beam_size"
+            raise ConfigError(f"n_best ({self.n_best}) must be <= {what} ({limit})")

@@ -1,0 +1,143 @@
+"""Evaluation (`seq2seq-eval`): translate a test set, score the detokenized output against the raw references
+with sacrebleu (BLEU and chrF, with their signatures). Also the dev loss and dev BLEU that training reports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import sacrebleu
+import torch
+
+from .config import ConfigError, DecodeConfig
+from .data import DataError, read_corpus, sequential_batches
+from .loss import label_smoothed_loss
+
+log = logging.getLogger("seq2seq.eval")
+
+
+def score(hypotheses: list[str], references: list[str]) -> dict:
+    """sacrebleu BLEU (13a tokenization, default) and chrF on detokenized text, with signatures."""
+    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    b, c = bleu.corpus_score(hypotheses, [references]), chrf.corpus_score(hypotheses, [references])
+    return {"bleu": round(b.score, 2), "chrf": round(c.score, 2), "bleu_signature": str(bleu.get_signature()),
+            "chrf_signature": str(chrf.get_signature()), "bleu_detail": str(b), "sentences": len(hypotheses)}
+
+
+@torch.no_grad()
+def dev_loss(model, ds, max_tokens: int, pad_id: int, epsilon: float, device: torch.device) -> dict:
+    """Per-token label-smoothed loss and NLL (and perplexity) of a tokenized dev set, teacher-forced."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    for _, batch in sequential_batches(ds, max_tokens, pad_id):
+        b = batch.to(device)
+        logits = model(b.src_ids, b.tgt_in_ids)
+        loss, nll, n = label_smoothed_loss(logits.flatten(0, 1), b.tgt_out_ids.flatten(), epsilon, pad_id)
+        totals += torch.tensor([loss.item(), nll.item(), n.item()], dtype=torch.float64)
+    loss, nll = (totals[:2] / totals[2]).tolist()
+    return {"dev_loss": loss, "dev_nll": nll, "dev_ppl": math.exp(min(nll, 50))}
+
+
+def dev_bleu(model, tokenizer, sources: list[str], references: list[str], device: torch.device) -> dict:
+    """Greedy-decoded BLEU and chrF on dev sentences (fast; the final numbers use beam search)."""
+    from .translator import Translator
+
+    translator = Translator(model, tokenizer, device=str(device), max_input_tokens=10_000)
+    keep = [i for i, s in enumerate(sources) if s.strip()]
+    hyps = [t.text for t in translator.translate([sources[i] for i in keep], DecodeConfig(beam_size=1))]
+    result = score(hyps, [references[i] for i in keep])
+    return {"dev_bleu": result["bleu"], "dev_chrf": result["chrf"]}
+
+
+def add_decode_flags(parser: argparse.ArgumentParser) -> None:
+    """--beam-size, --length-penalty, ... spelled as DecodeConfig's fields (default: DecodeConfig's defaults)."""
+    d = DecodeConfig()
+    g = parser.add_argument_group("decoding (defaults: the paper's beam 4, α = 0.6)")
+    g.add_argument("--beam-size", type=int, default=d.beam_size)
+    g.add_argument("--length-penalty", type=float, default=d.length_penalty)
+    g.add_argument("--n-best", type=int, default=d.n_best)
+    g.add_argument("--max-len-a", type=float, default=d.max_len_a)
+    g.add_argument("--max-len-b", type=int, default=d.max_len_b)
+    g.add_argument("--min-len", type=int, default=d.min_len)
+    g.add_argument("--sample", action="store_true")
+    g.add_argument("--temperature", type=float, default=d.temperature)
+    g.add_argument("--top-k", type=int, default=d.top_k)
+    g.add_argument("--top-p", type=float, default=d.top_p)
+    g.add_argument("--num-samples", type=int, default=d.num_samples)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--no-repeat-ngram-size", type=int, default=d.no_repeat_ngram_size)
+    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
+
+
+def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
+    names = [f for f in DecodeConfig.__dataclass_fields__ if f != "return_attention"]
+    return DecodeConfig(**{f: getattr(args, f) for f in names})
+
+
+def default_model() -> str | None:
+    """The shipped model, when there is one (models/*/model.pt or checkpoint.pt); None otherwise."""
+    for name in ("model.pt", "checkpoint.pt"):
+        found = sorted((Path(__file__).resolve().parent.parent / "models").glob(f"*/{name}"))
+        if found:
+            return str(found[0])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    p = argparse.ArgumentParser(prog="seq2seq-eval", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=default_model(), help="checkpoint file (default: the shipped model)")
+    p.add_argument("--data", help="test corpus: dir/name prefix (name.fr[.gz] + name.en[.gz]), .tsv, .jsonl or hf:ID")
+    p.add_argument("--src", help="source file (one sentence per line); with --ref, instead of --data")
+    p.add_argument("--ref", help="reference file, aligned with --src")
+    p.add_argument("--limit", type=int, default=0, help="only the first N pairs (0 = all)")
+    p.add_argument("--hyp-out", help="write the hypotheses here, one per line")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    add_decode_flags(p)
+    args = p.parse_args(argv)
+    try:
+        if not args.model:
+            raise ValueError("no --model given and no shipped model found under models/")
+        if bool(args.data) == bool(args.src and args.ref):
+            raise ValueError("give either --data or both --src and --ref")
+        config = decode_config_from_args(args)
+        if args.data:
+            ds = read_corpus(args.data)
+            sources, references = ds["src"], ds["tgt"]
+        else:
+            sources = Path(args.src).read_text(encoding="utf-8").splitlines()
+            references = Path(args.ref).read_text(encoding="utf-8").splitlines()
+            if len(sources) != len(references):
+                raise DataError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
+        if args.limit:
+            sources, references = sources[:args.limit], references[:args.limit]
+        from .translator import Translator
+        translator = Translator.from_checkpoint(args.model, device=args.device, precision=args.precision,
+                                                max_input_tokens=100_000)
+        keep = [i for i, s in enumerate(sources) if s.strip()]  # an empty source line gets an empty hypothesis
+        hyps = [""] * len(sources)
+        for i, t in zip(keep, translator.translate([sources[i] for i in keep], config)):
+            hyps[i] = t.text
+    except (ValueError, ConfigError, DataError, OSError) as e:
+        print(f"seq2seq-eval: error: {e}", file=sys.stderr)
+        return 2
+    if args.hyp_out:
+        Path(args.hyp_out).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    result = score(hyps, list(references))
+    result.update(model=args.model, test=args.data or args.src, decode=config.to_dict())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['bleu_detail']}\n  signature: {result['bleu_signature']}\n"
+              f"chrF2 = {result['chrf']:.2f}\n  signature: {result['chrf_signature']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

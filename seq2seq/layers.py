@@ -1,0 +1,142 @@
+"""The building blocks of §3: scaled embeddings, sinusoidal positions, the position-wise feed-forward network, and
+the encoder and decoder layers (with their residual + LayerNorm sub-layer connections).
+
+Shapes: B batch, S source length, T target length, D d_model, H heads, d_k = D / H.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import MultiHeadAttention, attention
+
+
+def sinusoidal_positions(n_positions: int, d_model: int) -> Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i / d_model)); PE(pos, 2i+1) = cos(pos / 10000^(2i / d_model))   (§3.5)
+
+    Layout: the paper's frequencies, stored as the concatenation [sin | cos] (tensor2tensor's and Marian's layout):
+    column i < D/2 holds sin(pos·ω_i) and column D/2 + i holds cos(pos·ω_i), with ω_i = 10000^(-2i / D). This is a
+    fixed permutation of the paper's interleaved columns, so the model it defines is the same; it is what Marian,
+    CTranslate2 and transformers' MarianMTModel compute, so our weights export to them unchanged.
+    Returns: (n_positions, D) float32; positions start at 0.
+    """
+    pos = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (P, 1)
+    omega = torch.pow(10000.0, -torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (D/2,)
+    angles = pos * omega  # (P, D/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).float()  # (P, D)
+
+
+class Embedding(nn.Module):
+    """Token embedding × √d_model plus fixed sinusoidal positions, then dropout (§3.4, §3.5, §5.4).
+
+    The same matrix embeds source and target tokens and is the output projection (§3.4: "we share the same weight
+    matrix between the two embedding layers and the pre-softmax linear transformation").
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, pad_id: int, dropout: float, max_positions: int):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+        # Deviation (the paper does not say): N(0, d_model^-0.5) so that embedding × √d_model has unit variance, as
+        # in fairseq and tensor2tensor. The <pad> row stays zero: it is the decoder's start symbol (Marian).
+        nn.init.normal_(self.tokens.weight, mean=0.0, std=d_model ** -0.5)
+        with torch.no_grad():
+            self.tokens.weight[pad_id].zero_()
+        self.scale = math.sqrt(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("positions", sinusoidal_positions(max_positions, d_model), persistent=False)
+
+    def forward(self, ids: Tensor, start: int = 0) -> Tensor:
+        """ids (B, T) -> (B, T, D), the first token at position `start`."""
+        end = start + ids.size(1)
+        if end > self.positions.size(0):  # longer than precomputed: extend the table (same values)
+            self.positions = sinusoidal_positions(2 * end, self.positions.size(1)).to(self.positions.device)
+        return self.dropout(self.tokens(ids) * self.scale + self.positions[start:end].to(self.tokens.weight.dtype))
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = max(0, x·W1 + b1)·W2 + b2   (§3.3, eq. 2)"""
+
+    def __init__(self, d_model: int, d_ff: int, activation_dropout: float):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+        self.activation_dropout = nn.Dropout(activation_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.activation_dropout(F.relu(self.fc1(x))))
+
+
+class SublayerConnection(nn.Module):
+    """LayerNorm(x + Dropout(Sublayer(x)))   (§3.1, §5.4), the paper's post-norm.
+
+    Deviation (option `pre_norm`): x + Dropout(Sublayer(LayerNorm(x))), which trains deep stacks without warmup
+    tuning; the stack then ends with one more LayerNorm.
+    """
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool, eps: float):
+        super().__init__()
+        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(d_model, eps=eps), nn.Dropout(dropout), pre_norm
+
+    def forward(self, x: Tensor, sublayer) -> tuple[Tensor, Tensor | None]:
+        """`sublayer(h) -> (output, attention weights or None)`; returns (new x, weights)."""
+        if self.pre_norm:
+            out, weights = sublayer(self.norm(x))
+            return x + self.dropout(out), weights
+        out, weights = sublayer(x)
+        return self.norm(x + self.dropout(out)), weights
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention, then feed-forward, each wrapped in a residual connection (§3.1)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, cross=False)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout)
+        self.sub_attn, self.sub_ffn = (SublayerConnection(cfg.d_model, cfg.dropout, cfg.pre_norm, cfg.layer_norm_eps)
+                                       for _ in range(2))
+
+    def forward(self, x: Tensor, src_mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x (B, S, D), src_mask (B, 1, 1, S) True = real token -> (B, S, D), weights (B, H, S, S) or None"""
+        x, weights = self.sub_attn(x, lambda h: self.self_attn(h, src_mask, need_weights=need_weights))
+        x, _ = self.sub_ffn(x, lambda h: (self.ffn(h), None))
+        return x, weights
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention over the encoder output, feed-forward (§3.1)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, cross=False)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, cross=True)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout)
+        self.sub_self, self.sub_cross, self.sub_ffn = (
+            SublayerConnection(cfg.d_model, cfg.dropout, cfg.pre_norm, cfg.layer_norm_eps) for _ in range(3))
+
+    def forward(self, y: Tensor, memory_kv: tuple[Tensor, Tensor], src_mask: Tensor,
+                need_weights: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Teacher forcing. y (B, T, D) -> (B, T, D), self-attn weights (B, H, T, T), cross weights (B, H, T, S)."""
+        y, self_w = self.sub_self(y, lambda h: self.self_attn(h, causal=True, need_weights=need_weights))
+        y, cross_w = self.sub_cross(y, lambda h: self.cross_attn(h, src_mask, kv=memory_kv, need_weights=need_weights))
+        y, _ = self.sub_ffn(y, lambda h: (self.ffn(h), None))
+        return y, self_w, cross_w
+
+    def step(self, y: Tensor, cache: Tensor, t: int, memory_kv: tuple[Tensor, Tensor], src_mask: Tensor,
+             need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """One decoding step. y (B, 1, D) is position t; `cache` (2, B, H, T_cap, d_k) holds this layer's keys and
+        values of positions < t and receives position t's. Returns (B, 1, D) and cross weights (B, H, 1, S)."""
+
+        def self_attention(h: Tensor) -> tuple[Tensor, None]:
+            q, k, v = self.self_attn.project_qkv(h)  # (B, H, 1, d_k) each
+            cache[0, :, :, t:t + 1] = k
+            cache[1, :, :, t:t + 1] = v
+            out, _ = attention(q, cache[0, :, :, :t + 1], cache[1, :, :, :t + 1])  # the past only: no mask needed
+            return self.self_attn.out_proj(self.self_attn.merge_heads(out)), None
+
+        y, _ = self.sub_self(y, self_attention)
+        y, cross_w = self.sub_cross(y, lambda h: self.cross_attn(h, src_mask, kv=memory_kv, need_weights=need_weights))
+        y, _ = self.sub_ffn(y, lambda h: (self.ffn(h), None))
+        return y, cross_w

@@ -1,0 +1,163 @@
+"""The Transformer encoder-decoder of "Attention Is All You Need" (Vaswani et al., 2017, §3).
+
+Id tensors in, logits / log-probabilities out: this file knows nothing of text, tokenizers, files or gRPC.
+Two ways in: `forward` (teacher forcing, for training) and the incremental interface used by decoding:
+`encode` once, `init_state`, then `decode_step` per output token; `Memory.reorder` / `DecoderState.reorder`
+make the caches follow the surviving beams.
+
+Shape legend: B batch, S source length, T target length, D d_model, H heads, d_k = D / H, V vocabulary,
+L decoder layers, T_cap capacity of the key/value cache.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .layers import DecoderLayer, Embedding, EncoderLayer
+
+
+@dataclass
+class Memory:
+    """What the decoder needs from the encoder, computed once per batch."""
+
+    states: Tensor  # (B, S, D) encoder output
+    src_pad_mask: Tensor  # (B, S) bool, True = padding
+    cross_kv: list[tuple[Tensor, Tensor]]  # per decoder layer: keys, values (B, H, S, d_k), projected once
+
+    @property
+    def src_mask(self) -> Tensor:
+        return ~self.src_pad_mask[:, None, None, :]  # (B, 1, 1, S), True = may attend
+
+    def reorder(self, idx: Tensor) -> "Memory":
+        """Select rows along the batch: idx (B',) long -> Memory with batch B' (e.g. to follow beams)."""
+        return Memory(self.states.index_select(0, idx), self.src_pad_mask.index_select(0, idx),
+                      [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.cross_kv])
+
+
+@dataclass
+class DecoderState:
+    """The decoder's self-attention key/value cache: an explicit object passed in and out of `decode_step`."""
+
+    cache: Tensor  # (L, 2, B, H, T_cap, d_k); positions < step are filled
+    step: int = 0  # the position that the next decode_step writes
+    need_attention: bool = False
+    attention: list[Tensor] | None = None  # after a step, if need_attention: per layer, cross-attn (B, H, S)
+
+    def reorder(self, idx: Tensor) -> "DecoderState":
+        return DecoderState(self.cache.index_select(2, idx), self.step, self.need_attention,
+                            None if self.attention is None else [a.index_select(0, idx) for a in self.attention])
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder with a joint vocabulary: one embedding matrix for source, target and output (§3.4)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.pad_id = c.pad_id  # <pad>: padding, and the decoder's start symbol (its embedding row is zero)
+        self.bos_id = c.pad_id
+        self.eos_id = 0  # </s>; the tokenizer fixes the same ids (seq2seq.tokenizer)
+        self.embed = Embedding(c.vocab_size, c.d_model, c.pad_id, c.dropout, c.max_positions)
+        self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.n_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_dec_layers))
+        self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.pre_norm else nn.Identity()
+        self._init_linear()
+
+    def _init_linear(self) -> None:
+        # Deviation (the paper does not say): Xavier-uniform weights and zero biases, as tensor2tensor and fairseq.
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and not name.startswith("embed."):
+                nn.init.xavier_uniform_(p)
+            elif name.endswith(".bias") and "norm" not in name:
+                nn.init.zeros_(p)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    # ---- shared pieces -------------------------------------------------------------------------------------------
+
+    def project(self, y: Tensor) -> Tensor:
+        """Pre-softmax linear transformation with the shared embedding matrix: (…, D) -> logits (…, V)."""
+        return y @ self.embed.tokens.weight.t()
+
+    def encode(self, src_ids: Tensor, src_pad_mask: Tensor | None = None, need_weights: bool = False) -> Memory:
+        """src_ids (B, S) long, src_pad_mask (B, S) bool True = padding (default: ids == pad) -> Memory.
+
+        With need_weights, `self.encoder_attention` then holds each layer's self-attention (B, H, S, S)."""
+        if src_pad_mask is None:
+            src_pad_mask = src_ids.eq(self.pad_id)
+        src_mask = ~src_pad_mask[:, None, None, :]  # (B, 1, 1, S)
+        x = self.embed(src_ids)  # (B, S, D)
+        weights = []
+        for layer in self.encoder:
+            x, w = layer(x, src_mask, need_weights)
+            weights.append(w)
+        if need_weights:
+            self.encoder_attention = weights  # L × (B, H, S, S)
+        x = self.encoder_norm(x)
+        cross_kv = [layer.cross_attn.project_kv(x) for layer in self.decoder]  # L × 2 × (B, H, S, d_k)
+        return Memory(x, src_pad_mask, cross_kv)
+
+    # ---- teacher forcing ------------------------------------------------------------------------------------------
+
+    def forward(self, src_ids: Tensor, tgt_in_ids: Tensor, src_pad_mask: Tensor | None = None,
+                need_weights: bool = False) -> Tensor:
+        """Logits for every target position under teacher forcing.
+
+        Args:
+            src_ids: (B, S) long. tgt_in_ids: (B, T) long, the target shifted right (starting with bos = <pad>).
+            src_pad_mask: (B, S) bool, True = padding; default `src_ids == pad`.
+        Returns: logits (B, T, V). Padded target positions produce garbage that the loss ignores; real positions
+            only see real tokens (the causal mask keeps them from the padding that comes after them).
+            With need_weights, `self.decoder_attention` and `self.cross_attention` then hold the weights per layer.
+        """
+        memory = self.encode(src_ids, src_pad_mask, need_weights)
+        y = self.embed(tgt_in_ids)  # (B, T, D)
+        weights = []
+        for layer, kv in zip(self.decoder, memory.cross_kv):
+            y, self_w, cross_w = layer(y, kv, memory.src_mask, need_weights)
+            weights.append((self_w, cross_w))
+        if need_weights:  # L × (B, H, T, T) and L × (B, H, T, S)
+            self.decoder_attention = [w[0] for w in weights]
+            self.cross_attention = [w[1] for w in weights]
+        return self.project(self.decoder_norm(y))  # (B, T, V)
+
+    # ---- incremental decoding -------------------------------------------------------------------------------------
+
+    def init_state(self, memory: Memory, max_len: int = 64, need_attention: bool = False) -> DecoderState:
+        """An empty cache for `max_len` steps (it grows if decoding goes further)."""
+        b = memory.states.size(0)
+        c = self.config
+        cache = memory.states.new_zeros(c.n_dec_layers, 2, b, c.n_heads, max(1, max_len), c.d_k)
+        return DecoderState(cache, 0, need_attention)
+
+    def decode_step(self, prev_ids: Tensor, memory: Memory, state: DecoderState) -> Tensor:
+        """Advance one position: prev_ids (B,) long, the previous output token (bos at step 0).
+
+        Returns: log_probs (B, V) float32 for the next token; <pad> gets -inf (it is never an output).
+        Updates `state` in place (its cache, step and, if asked, attention).
+        """
+        t = state.step
+        if t >= state.cache.size(4):  # grow the cache: double its capacity
+            grown = state.cache.new_zeros(*state.cache.shape[:4], 2 * state.cache.size(4), state.cache.size(5))
+            grown[..., :t, :] = state.cache
+            state.cache = grown
+        y = self.embed(prev_ids[:, None], start=t)  # (B, 1, D)
+        attn = []
+        for i, layer in enumerate(self.decoder):
+            y, cross_w = layer.step(y, state.cache[i], t, memory.cross_kv[i], memory.src_mask, state.need_attention)
+            attn.append(cross_w)
+        state.step = t + 1
+        state.attention = [w[:, :, 0] for w in attn] if state.need_attention else None  # L × (B, H, S)
+        logits = self.project(self.decoder_norm(y[:, 0])).float()  # (B, V)
+        logits[:, self.pad_id] = float("-inf")
+        return logits.log_softmax(dim=-1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

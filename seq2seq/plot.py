@@ -1,0 +1,32 @@
+"""The loss curve of a run: OUT/log.jsonl -> PNG (training loss and, when present, dev loss and dev BLEU)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def plot_log(log_path: str | Path, png_path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(log_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    train = [r for r in records if "loss" in r]
+    dev = [r for r in records if "dev_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (label-smoothed)")
+    if dev:
+        ax.plot([r["step"] for r in dev], [r["dev_loss"] for r in dev], "o-", label="dev loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss per target token")
+    if dev and "dev_bleu" in dev[0]:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in dev], [r["dev_bleu"] for r in dev], "s--", color="tab:green", label="dev BLEU")
+        ax2.set_ylabel("dev BLEU (greedy)")
+        ax2.legend(loc="upper center")
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

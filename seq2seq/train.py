@@ -1,0 +1,299 @@
+"""Training (`seq2seq-train --config FILE --out DIR`): the paper's recipe (§5) on a token-batched stream.
+
+Resumes exactly: running again with the same --out continues from the newest checkpoint (model, optimizer,
+scheduler, data position; dropout randomness is derived from (seed, rank, step)). Multi-process with
+`torchrun --nproc-per-node N -m seq2seq.train ...` (gloo on CPU, NCCL on CUDA): rank r of W takes every W-th
+micro-batch, and the loss is normalised by the global target-token count, so W processes with accumulation A/W
+give the same update as one process with accumulation A.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .checkpoint import CheckpointError
+from .config import ConfigError, DataConfig, ModelConfig, TrainConfig
+from .data import BatchStream, DataError, read_corpora, read_corpus, tokenize
+from .evaluate import dev_bleu, dev_loss
+from .loss import label_smoothed_loss
+from .model import Transformer
+from .optim import build_optimizer
+from .options import add_config_flags, build, merge, read_config_file
+from .tokenizer import Tokenizer
+
+log = logging.getLogger("seq2seq.train")
+
+
+class Run:
+    """Everything a training run holds: configs, tokenizer, data, model, optimizer, and where it stands."""
+
+    def __init__(self, out: Path, sections: dict, resume: dict | None):
+        self.out, self.rank, self.world = out, dist.get_rank() if dist.is_initialized() else 0, \
+            dist.get_world_size() if dist.is_initialized() else 1
+        _, self.data_cfg, self.train_cfg = build(sections)
+        t = self.train_cfg
+        use_cuda = t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available())
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu")
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.tokenizer = self._tokenizer(resume)
+        self.model_cfg, _, _ = build(sections, self.tokenizer.vocab_size)
+        self.sections = sections
+        self._data()
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        self.model = Transformer(self.model_cfg).to(self.device)
+        self.optimizer, self.scheduler = build_optimizer(self.model, t, self.model_cfg.d_model)
+        self.step, self.best_bleu, self.bad_evals, self.elapsed = 0, -1.0, 0, 0.0
+        if resume:
+            self._restore(resume)
+        self.net = torch.compile(self.model) if t.compile else self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.net)
+
+    def _tokenizer(self, resume: dict | None) -> Tokenizer:
+        path = self.out / "spm.model"
+        if resume:
+            return Tokenizer(resume["tokenizer"])
+        if self.rank == 0 and not path.exists():
+            raw = read_corpora(self.data_cfg.train, self.data_cfg.src_lang, self.data_cfg.tgt_lang)
+            log.info("training SentencePiece (%d pieces) on %d pairs", self.data_cfg.vocab_size, len(raw))
+            sentences = (s for pair in zip(raw["src"], raw["tgt"]) for s in pair)
+            Tokenizer.train(sentences, self.data_cfg.vocab_size, self.data_cfg.spm_model_type,
+                            self.data_cfg.spm_max_sentences).save(path)
+        if self.world > 1:
+            dist.barrier()
+        return Tokenizer.load(path)
+
+    def _data(self) -> None:
+        d = self.data_cfg
+        cache = d.cache_dir or str(self.out / "cache")
+        train = tokenize(read_corpora(d.train, d.src_lang, d.tgt_lang), self.tokenizer, d.max_len, cache)
+        self.stream = BatchStream(train, d.max_tokens, self.tokenizer.pad_id, self.train_cfg.seed)
+        self.dev = None
+        if d.dev:
+            self.dev_raw = read_corpus(d.dev, d.src_lang, d.tgt_lang)
+            self.dev = tokenize(self.dev_raw, self.tokenizer, 0, cache)
+        if self.rank == 0:
+            log.info("train: %d pairs in %d batches per epoch; dev: %s pairs", len(train), len(self.stream),
+                     len(self.dev) if self.dev is not None else "no")
+
+    def _restore(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        s = payload["state"]
+        self.step, self.best_bleu, self.bad_evals, self.elapsed = s["step"], s["best_bleu"], s["bad_evals"], s["elapsed"]
+
+    def payload(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "tokenizer": self.tokenizer.model_proto,
+                "configs": {"model": self.model_cfg.to_dict(), "data": self.data_cfg.to_dict(),
+                            "train": self.train_cfg.to_dict()},
+                "state": {"step": self.step, "best_bleu": self.best_bleu, "bad_evals": self.bad_evals,
+                          "elapsed": self.elapsed, "data_position": self.step * self.world * self.train_cfg.accum_steps}}
+
+    # ---- one optimizer step ---------------------------------------------------------------------------------------
+
+    def autocast(self):
+        p = self.train_cfg.precision
+        if p == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+    def train_step(self) -> dict:
+        """Steps 1–4 of one update: fetch this rank's micro-batches, count the global target tokens, forward and
+        backward each (gradients synchronised on the last), then clip and update."""
+        t, a, w = self.train_cfg, self.train_cfg.accum_steps, self.world
+        # 1. This rank's micro-batches: global step s uses stream positions [s·W·A, (s+1)·W·A).
+        first = self.step * w * a + self.rank * a
+        batches = [self.stream.batch(first + i).to(self.device) for i in range(a)]
+        # 2. Normalise by the global number of target tokens (DDP averages gradients over W, hence the factor W).
+        counts = torch.tensor([sum(b.n_tgt_tokens for b in batches), sum(b.n_src_tokens for b in batches)],
+                              dtype=torch.float64, device=self.device)
+        if w > 1:
+            dist.all_reduce(counts)
+        n_tgt = counts[0].item()
+        self.net.train()
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
+        torch.manual_seed(t.seed * 1_000_003 + self.rank * 7919 + self.step)  # dropout, reproducible on resume
+        for i, b in enumerate(batches):
+            sync = nullcontext() if (w == 1 or i == a - 1) else self.net.no_sync()
+            with sync:
+                with self.autocast():
+                    logits = self.net(b.src_ids, b.tgt_in_ids)  # (B, T, V)
+                loss, nll, _ = label_smoothed_loss(logits.flatten(0, 1), b.tgt_out_ids.flatten(), t.label_smoothing,
+                                                   self.tokenizer.pad_id)
+                (loss * w / n_tgt).backward()
+            totals += torch.stack([loss.detach(), nll.detach()]).double()
+        # 3. Clip (optional) and update with the scheduled learning rate.
+        if t.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        # 4. Report global per-token values.
+        if w > 1:
+            dist.all_reduce(totals)
+        loss, nll = (totals / n_tgt).tolist()
+        return {"step": self.step, "loss": loss, "nll": nll, "ppl": math.exp(min(nll, 50)), "lr": lr,
+                "tokens": counts.sum().item()}
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = sorted(out.glob("checkpoint_*.pt"))
+    return found[-1] if found else None
+
+
+def _setup_distributed() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _sections(args: argparse.Namespace, resume: dict | None) -> dict:
+    file_sections = read_config_file(args.config) if args.config else {"model": {}, "data": {}, "train": {}}
+    if resume:  # the run's model and data are fixed; the file and flags may change train settings (e.g. max_steps)
+        saved = resume["configs"]
+        model = {k: v for k, v in saved["model"].items() if k != "vocab_size"}
+        base = {"model": model, "data": saved["data"], "train": {**saved["train"], **file_sections["train"]}}
+        merged = merge(base, args)
+        return {"model": model, "data": saved["data"], "train": merged["train"]}
+    return merge(file_sections, args)
+
+
+class Logger:
+    """Every metric as one JSON line in OUT/log.jsonl (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.f = open(path, "a", encoding="utf-8") if enabled else None
+
+    def write(self, record: dict) -> None:
+        if self.f:
+            self.f.write(json.dumps(record) + "\n")
+            self.f.flush()
+
+
+def train(run: Run) -> dict:
+    """The loop: steps, periodic dev evaluation, checkpoints, early stopping; returns the last metrics."""
+    t, out, main = run.train_cfg, run.out, run.rank == 0
+    logger = Logger(out / "log.jsonl", main)
+    bar = tqdm(total=t.max_steps, initial=run.step, disable=not main or None, dynamic_ncols=True)
+    last, window, tic, stop = {}, [], time.perf_counter(), False
+    while run.step < t.max_steps and not stop:
+        record = run.train_step()
+        now = time.perf_counter()
+        run.elapsed += now - tic
+        window.append((now - tic, record["tokens"]))
+        tic = now
+        last = record
+        if run.step % t.log_every == 0 or run.step == t.max_steps:
+            secs, toks = map(sum, zip(*window))
+            window = []
+            record.update(tokens_per_s=toks / secs, elapsed_s=run.elapsed)
+            logger.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", ppl=f"{record['ppl']:.1f}",
+                            tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{record['lr']:.2e}")
+        bar.update(1)
+        out_of_time = t.max_minutes > 0 and run.elapsed >= 60 * t.max_minutes
+        done = run.step >= t.max_steps or out_of_time
+        if (t.eval_every and run.step % t.eval_every == 0) or done:
+            stop = evaluate(run, logger) or out_of_time
+        if main and (run.step % t.save_every == 0 or done or stop):
+            save(run)
+        tic = time.perf_counter()  # evaluation and saving do not count as training time
+    bar.close()
+    if main:
+        finish(run)
+    return last
+
+
+def evaluate(run: Run, logger: Logger) -> bool:
+    """Dev loss and dev BLEU (greedy); keeps best.pt; returns True when early stopping says to stop."""
+    if run.dev is None:
+        return False
+    stop = False
+    if run.rank == 0:
+        d = run.data_cfg
+        record = {"step": run.step, **dev_loss(run.model, run.dev, d.max_tokens, run.tokenizer.pad_id,
+                                                run.train_cfg.label_smoothing, run.device)}
+        n = d.dev_bleu_sentences or len(run.dev_raw)
+        record.update(dev_bleu(run.model, run.tokenizer, run.dev_raw["src"][:n], run.dev_raw["tgt"][:n], run.device))
+        logger.write(record)
+        log.info("step %d: dev loss %.3f, dev BLEU %.2f", run.step, record["dev_loss"], record["dev_bleu"])
+        if record["dev_bleu"] > run.best_bleu:
+            run.best_bleu, run.bad_evals = record["dev_bleu"], 0
+            ckpt.save(run.out / "best.pt", {k: v for k, v in run.payload().items() if k not in ("optimizer",)})
+        else:
+            run.bad_evals += 1
+        stop = 0 < run.train_cfg.patience <= run.bad_evals
+    if run.world > 1:
+        flag = torch.tensor([float(stop)], device=run.device)
+        dist.broadcast(flag, 0)
+        stop = bool(flag.item())
+    return stop
+
+
+def save(run: Run) -> None:
+    ckpt.save(run.out / f"checkpoint_{run.step:08d}.pt", run.payload())
+    for old in sorted(run.out.glob("checkpoint_*.pt"))[:-max(run.train_cfg.keep_checkpoints, 1)]:
+        old.unlink()
+
+
+def finish(run: Run) -> None:
+    """Average the last k checkpoints and draw the loss curve."""
+    k = run.train_cfg.average_last
+    if k > 1:
+        paths = sorted(run.out.glob("checkpoint_*.pt"))[-k:]
+        ckpt.save(run.out / "averaged.pt", ckpt.average(paths))
+        log.info("averaged %d checkpoints into %s", len(paths), run.out / "averaged.pt")
+    from .plot import plot_log
+    plot_log(run.out / "log.jsonl", run.out / "loss.png")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="seq2seq-train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML or JSON file with model/data/train sections")
+    parser.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl, loss.png; reused to resume")
+    add_config_flags(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    try:
+        _setup_distributed()
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        latest = latest_checkpoint(out)
+        resume = ckpt.load(latest) if latest else None
+        if resume:
+            log.info("resuming from %s (step %d)", latest, resume["state"]["step"])
+        run = Run(out, _sections(args, resume), resume)
+        train(run)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"seq2seq-train: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

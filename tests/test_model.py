@@ -1,0 +1,119 @@
+"""The model's equations and masks, pinned by small values (STYLE §6)."""
+import math
+
+import pytest
+import torch
+
+from seq2seq import ModelConfig, Transformer
+from seq2seq.attention import attention
+from seq2seq.layers import sinusoidal_positions
+
+V = 40
+PAD = V - 1
+
+
+def tiny_model(seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig.tiny(V).replace(**overrides)).eval()
+
+
+def test_attention_hand_computed_2x2():
+    q = k = torch.eye(2).view(1, 1, 2, 2)
+    v = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    # scores = I / √2, so each row is softmax([0.70711, 0]) = [0.66976, 0.33024] (or reversed)
+    expected_w = torch.tensor([[0.669762, 0.330238], [0.330238, 0.669762]])
+    expected_out = torch.tensor([[1.660477, 2.660477], [2.339523, 3.339523]])
+    out, w = attention(q, k, v, need_weights=True)
+    assert torch.allclose(w[0, 0], expected_w, atol=1e-5)
+    assert torch.allclose(out[0, 0], expected_out, atol=1e-5)
+    fused, _ = attention(q, k, v)  # the fused kernel gives the same output
+    assert torch.allclose(fused[0, 0], expected_out, atol=1e-5)
+
+
+def test_attention_mask_and_causal_zero_weights():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 3, 4) for _ in range(3))
+    mask = torch.tensor([True, True, False]).view(1, 1, 1, 3)
+    _, w = attention(q, k, v, mask, need_weights=True)
+    assert torch.all(w[..., 2] == 0) and torch.allclose(w.sum(-1), torch.ones(1, 2, 3))
+    _, w = attention(q, k, v, causal=True, need_weights=True)
+    assert w[0, 0, 0, 1] == 0 and w[0, 0, 0, 2] == 0 and w[0, 0, 1, 2] == 0 and w[0, 0, 0, 0] == 1
+
+
+def test_positional_encoding_values():
+    pe = sinusoidal_positions(3, 4)  # [sin(pos·ω0), sin(pos·ω1), cos(pos·ω0), cos(pos·ω1)], ω = 1, 0.01
+    assert torch.allclose(pe[0], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert torch.allclose(pe[1], torch.tensor([math.sin(1), math.sin(0.01), math.cos(1), math.cos(0.01)]))
+    assert pe[2, 1].item() == pytest.approx(0.0199987, abs=1e-6)
+    big = sinusoidal_positions(50, 512)  # the paper's frequency for 2i = 256: 10000^(-0.5) = 0.01
+    assert big[49, 128].item() == pytest.approx(math.sin(49 * 0.01), abs=1e-6)
+
+
+def test_parameter_counts_match_table_3():
+    assert abs(Transformer(ModelConfig.base(37000)).num_parameters() / 65e6 - 1) < 0.05
+    assert abs(Transformer(ModelConfig.big(37000)).num_parameters() / 213e6 - 1) < 0.05
+
+
+def test_embeddings_are_shared_and_pad_row_is_zero():
+    m = tiny_model()
+    assert torch.all(m.embed.tokens.weight[PAD] == 0)
+    y = torch.randn(2, V)[:, :32]
+    assert torch.equal(m.project(y), y @ m.embed.tokens.weight.t())
+
+
+def test_no_future_leak():
+    m = tiny_model()
+    src = torch.randint(0, PAD, (2, 6))
+    tgt = torch.randint(0, PAD, (2, 7))
+    changed = tgt.clone()
+    changed[:, 4:] = (changed[:, 4:] + 1) % PAD
+    with torch.no_grad():
+        a, b = m(src, tgt), m(src, changed)
+    assert torch.allclose(a[:, :4], b[:, :4], atol=1e-6)
+    assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-3)
+
+
+def test_padding_does_not_change_real_outputs():
+    m = tiny_model()
+    src = torch.randint(0, PAD, (1, 5))
+    tgt = torch.randint(0, PAD, (1, 4))
+    padded_src = torch.cat([src, torch.full((1, 3), PAD)], 1)
+    padded_tgt = torch.cat([tgt, torch.full((1, 2), PAD)], 1)
+    with torch.no_grad():
+        a, b = m(src, tgt), m(padded_src, padded_tgt)
+    assert torch.allclose(a, b[:, :4], atol=1e-5)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_incremental_decoding_equals_full_forward_also_after_reorder(pre_norm):
+    m = tiny_model(pre_norm=pre_norm)
+    src = torch.randint(0, PAD, (3, 6))
+    src[1, 4:] = PAD
+    tgt = torch.randint(0, PAD, (3, 7))
+    tgt[:, 0] = PAD  # the start symbol
+    with torch.no_grad():
+        full = m(src, tgt)
+        full[..., PAD] = float("-inf")
+        full = full.log_softmax(-1)  # (B, T, V)
+        memory = m.encode(src)
+        state = m.init_state(memory, max_len=2)  # small on purpose: the cache must grow
+        steps = [m.decode_step(tgt[:, t], memory, state) for t in range(4)]
+        idx = torch.tensor([2, 0, 0])  # reorder along the batch, as beams do
+        memory, state = memory.reorder(idx), state.reorder(idx)
+        steps = [s[idx] for s in steps] + [m.decode_step(tgt[idx, t], memory, state) for t in range(4, 7)]
+    inc = torch.stack(steps, 1)
+    assert torch.allclose(inc[..., :PAD], full[idx][..., :PAD], atol=1e-5)
+    assert torch.all(inc[..., PAD] == float("-inf"))
+
+
+def test_attention_weights_rows_sum_to_one():
+    m = tiny_model()
+    src = torch.randint(0, PAD, (2, 5))
+    src[0, 3:] = PAD
+    tgt = torch.randint(0, PAD, (2, 4))
+    with torch.no_grad():
+        m(src, tgt, need_weights=True)
+    cross = m.cross_attention[0]  # (B, H, T, S)
+    assert torch.allclose(cross.sum(-1), torch.ones(2, 2, 4), atol=1e-6)
+    assert torch.all(cross[0, :, :, 3:] == 0)
+    assert torch.all(m.decoder_attention[0][..., 0, 1:] == 0)  # the first target position sees only itself
