@@ -1,0 +1,96 @@
+"""What a search returns (`Hypothesis`), the GNMT length penalty that scores it, and `History`, the record of what
+each live row has produced so far, which every search selects along with its rows.
+
+Knows nothing of the model beyond the tensors it is handed. Shapes: N live rows, t steps so far, S source length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One output sentence.
+
+    Attributes:
+        ids: output token ids, without the start symbol and without the final eos.
+        score: sum(token_log_probs) / lp(|Y|), with the GNMT length penalty lp(|Y|) = ((5 + |Y|) / 6)^α and |Y| =
+            len(token_log_probs), the eos included (the fairseq convention). α = 0 gives the plain sum of
+            log-probs. The same formula in every search, so greedy, beam and sampling scores compare.
+        token_log_probs: the log-probability of each output token as the search saw it (the model's log-prob after
+            the constraints of `constraints.py`, before temperature / top-k / top-p), eos included: one more than ids.
+        attention: (len(token_log_probs), S_real) float32: the last decoder layer's cross-attention averaged over
+            heads, one row per output token (eos included), one column per real (non-padding) source token;
+            None unless `DecodeConfig.return_attention`.
+    """
+
+    ids: tuple[int, ...]
+    score: float
+    token_log_probs: tuple[float, ...]
+    attention: Tensor | None = field(default=None, compare=False)
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """lp(Y) = ((5 + |Y|) / 6)^α   (Wu et al. 2016, GNMT §7, eq. 14; the paper's α = 0.6, §6.1)"""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def last_layer_attention(state) -> Tensor | None:
+    """The step's cross-attention of the last decoder layer averaged over heads, (N, S) float32, or None."""
+    if state.attention is None:
+        return None
+    return state.attention[-1].float().mean(dim=1)  # (N, H, S) -> (N, S)
+
+
+@dataclass
+class History:
+    """Tokens, log-probs and (optionally) attention of the N live rows, row i following decoder row i."""
+
+    tokens: Tensor  # (N, t) long, without the start symbol
+    log_probs: Tensor  # (N, t) float32
+    attention: Tensor | None  # (N, t, S) float32, or None when attention is not kept
+
+    @classmethod
+    def empty(cls, n: int, device: torch.device, src_len: int | None) -> "History":
+        """No step yet for n rows; src_len = S to keep attention, None not to."""
+        attention = None if src_len is None else torch.zeros(n, 0, src_len, device=device)
+        return cls(torch.zeros(n, 0, dtype=torch.long, device=device), torch.zeros(n, 0, device=device), attention)
+
+    def extend(self, rows: Tensor | None, tokens: Tensor, log_probs: Tensor, attention: Tensor | None) -> "History":
+        """Keep `rows` (N',) long (None = all, in order), then append one step.
+
+        Args: tokens (N',) long, log_probs (N',) float32, attention (N', S) or None, all for the kept rows.
+        """
+        old_tokens, old_log_probs, old_attention = self.tokens, self.log_probs, self.attention
+        if rows is not None:
+            old_tokens, old_log_probs = old_tokens.index_select(0, rows), old_log_probs.index_select(0, rows)
+            old_attention = None if old_attention is None else old_attention.index_select(0, rows)
+        new_attention = None
+        if old_attention is not None and attention is not None:
+            new_attention = torch.cat([old_attention, attention[:, None]], dim=1)  # (N', t + 1, S)
+        return History(torch.cat([old_tokens, tokens[:, None]], dim=1),  # (N', t + 1)
+                       torch.cat([old_log_probs, log_probs[:, None].float()], dim=1), new_attention)
+
+    def finish(self, row: int, total: float, eos_log_prob: float, eos_attention: Tensor | None, alpha: float,
+               src_real: Tensor) -> Hypothesis:
+        """The hypothesis of `row` ending now with eos.
+
+        Args:
+            row: index into the current N rows. total: the row's summed log-prob including the eos.
+            eos_log_prob: the eos token's log-prob. eos_attention: (S,) this step's attention of the row, or None.
+            alpha: the length penalty α. src_real: (S,) bool, True = real source token (the attention columns kept).
+        """
+        log_probs = tuple(self.log_probs[row].tolist()) + (eos_log_prob,)
+        attention = None
+        if self.attention is not None and eos_attention is not None:
+            attention = torch.cat([self.attention[row], eos_attention[None]], dim=0)[:, src_real]  # (t + 1, S_real)
+        score = total / length_penalty(len(log_probs), alpha)
+        return Hypothesis(tuple(self.tokens[row].tolist()), score, log_probs, attention)
+
+
+def best_first(hypotheses: list[Hypothesis], n_best: int) -> list[Hypothesis]:
+    """The n_best highest-scoring hypotheses, best first (stable: equal scores keep their order)."""
+    return sorted(hypotheses, key=lambda h: h.score, reverse=True)[:n_best]
