@@ -46,3 +46,18 @@ def tiny_config(tmp: Path, corpus: dict[str, str], **train) -> str:
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def copy_model(tmp_path_factory, copy_corpus) -> Path:
+    """A small model trained for ~10 s on the copy task (shared by the tests that need a model that works)."""
+    from seq2seq.train import main as train_main
+
+    tmp = tmp_path_factory.mktemp("copy_model")
+    # peak lr 0.0027: small models take eq. 3 with a short warmup badly at lr_scale 1
+    cfg = tiny_config(tmp, copy_corpus, max_steps=600, eval_every=600, save_every=600, warmup_steps=100,
+                      lr_scale=0.15)
+    code = train_main(["--config", cfg, "--out", str(tmp / "run"), "--dropout", "0", "--d-model", "64",
+                       "--d-ff", "128", "--n-layers", "2", "--max-tokens", "800"])
+    assert code == 0
+    return tmp / "run"

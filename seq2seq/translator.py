@@ -1,0 +1,123 @@
+"""The one text-level object: text in, text out (tokenize → batch by tokens → decode → detokenize).
+
+Used by `seq2seq-translate`, `seq2seq-eval` and the server. It owns the device, the input limits, batching and a
+lock in front of the model; option validation lives in DecodeConfig and here, once.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_model
+from .config import DecodeConfig
+from .decoding import Hypothesis, decode
+from .model import Transformer
+from .tokenizer import EOS_ID, Tokenizer
+
+
+class InputError(ValueError):
+    """A text cannot be translated as given (empty, too long); the message says which and the limit."""
+
+
+@dataclass(frozen=True)
+class Translation:
+    text: str
+    score: float  # the hypothesis score (length-normalised log-probability, see seq2seq.decoding)
+    tokens: tuple[str, ...]  # output pieces, including </s> when the model emitted it
+    token_log_probs: tuple[float, ...]  # one per output piece
+    source_tokens: tuple[str, ...]  # input pieces, including </s>
+    attention: tuple[tuple[float, ...], ...] | None = None  # (output piece, source piece) weights, if asked
+    alternatives: tuple["Translation", ...] = ()  # the 2nd … n-th best, when n_best > 1
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but CUDA is not available")
+    return torch.device(device)
+
+
+class Translator:
+    """Args:
+        model, tokenizer: a trained pair (see `from_checkpoint`).
+        device: auto | cpu | cuda[:n]. precision: fp32 | bf16 | fp16 (fp16 on CUDA only).
+        max_input_tokens: longer texts are rejected. max_batch_tokens: source tokens per decoding batch.
+    """
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, device: str = "auto", precision: str = "fp32",
+                 max_input_tokens: int = 512, max_batch_tokens: int = 4096):
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision fp16 needs CUDA; use bf16 or fp32 on CPU")
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.model = model.to(self.device, dtype).eval()
+        self.tokenizer, self.precision = tokenizer, precision
+        self.max_input_tokens, self.max_batch_tokens = max_input_tokens, max_batch_tokens
+        self.lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs) -> "Translator":
+        model, tokenizer = load_model(path)
+        return cls(model, tokenizer, **kwargs)
+
+    # ---- the pipeline: encode → batch → decode → detokenize ------------------------------------------------------
+
+    def translate(self, texts: list[str], config: DecodeConfig = DecodeConfig()) -> list[Translation]:
+        src = self.encode(texts)
+        results: list[list[Hypothesis] | None] = [None] * len(src)
+        for idx in self.batches(src):
+            for i, hyps in zip(idx, self.decode_batch([src[i] for i in idx], config)):
+                results[i] = hyps
+        return [self.detokenize(src[i], hyps) for i, hyps in enumerate(results)]
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Texts -> source ids with </s>; rejects empty and over-long texts."""
+        out = []
+        for n, text in enumerate(texts):
+            if not text.strip():
+                raise InputError(f"text {n} is empty; give at least one non-space character")
+            ids = self.tokenizer.encode(text) + [EOS_ID]
+            if len(ids) > self.max_input_tokens:
+                raise InputError(f"text {n} has {len(ids)} tokens; the limit is {self.max_input_tokens}")
+            out.append(ids)
+        return out
+
+    def batches(self, src: list[list[int]]) -> list[list[int]]:
+        """Indices grouped by similar length, at most max_batch_tokens padded source tokens per group."""
+        order = sorted(range(len(src)), key=lambda i: len(src[i]))
+        groups, current, longest = [], [], 0
+        for i in order:
+            longest_new = max(longest, len(src[i]))
+            if current and longest_new * (len(current) + 1) > self.max_batch_tokens:
+                groups.append(current)
+                current, longest_new = [], len(src[i])
+            current.append(i)
+            longest = longest_new
+        return groups + ([current] if current else [])
+
+    def decode_batch(self, src: list[list[int]], config: DecodeConfig) -> list[list[Hypothesis]]:
+        pad = self.tokenizer.pad_id
+        src_ids = torch.full((len(src), max(map(len, src))), pad, dtype=torch.long)
+        for i, ids in enumerate(src):
+            src_ids[i, :len(ids)] = torch.tensor(ids)
+        src_ids = src_ids.to(self.device)
+        with self.lock, torch.inference_mode():
+            return decode(self.model, src_ids, src_ids.eq(pad), config)
+
+    def detokenize(self, src: list[int], hyps: list[Hypothesis]) -> Translation:
+        source_tokens = tuple(self.tokenizer.pieces(src))
+        out = []
+        for h in hyps:
+            ids = list(h.ids) + ([EOS_ID] if len(h.token_log_probs) > len(h.ids) else [])
+            attention = None if h.attention is None else tuple(tuple(row) for row in h.attention.float().tolist())
+            out.append(Translation(self.tokenizer.decode(h.ids), float(h.score), tuple(self.tokenizer.pieces(ids)),
+                                   tuple(float(x) for x in h.token_log_probs), source_tokens, attention))
+        best = out[0]
+        return Translation(best.text, best.score, best.tokens, best.token_log_probs, best.source_tokens,
+                           best.attention, tuple(out[1:]))
