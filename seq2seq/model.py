@@ -45,10 +45,18 @@ class DecoderState:
     step: int = 0  # the position that the next decode_step writes
     need_attention: bool = False
     attention: list[Tensor] | None = None  # after a step, if need_attention: per layer, cross-attn (B, H, S)
+    spare: Tensor | None = None  # a second buffer that reorder() writes into, so beams do not allocate every step
 
     def reorder(self, idx: Tensor) -> "DecoderState":
-        return DecoderState(self.cache.index_select(2, idx), self.step, self.need_attention,
-                            None if self.attention is None else [a.index_select(0, idx) for a in self.attention])
+        """Select rows along the batch (idx (B',) long). Only the filled positions are copied, into the spare
+        buffer; this state's buffers then belong to the new state, so do not use this state afterwards."""
+        t, shape = self.step, list(self.cache.shape)
+        shape[2] = idx.numel()
+        target = self.spare if self.spare is not None and list(self.spare.shape) == shape else self.cache.new_empty(shape)
+        target[..., :t, :] = self.cache[..., :t, :].index_select(2, idx)
+        spare = self.cache if self.cache.size(2) == idx.numel() else None
+        attention = None if self.attention is None else [a.index_select(0, idx) for a in self.attention]
+        return DecoderState(target, t, self.need_attention, attention, spare)
 
 
 class Transformer(nn.Module):
