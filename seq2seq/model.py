@@ -115,13 +115,15 @@ class Transformer(nn.Module):
     # ---- teacher forcing ------------------------------------------------------------------------------------------
 
     def forward(self, src_ids: Tensor, tgt_in_ids: Tensor, src_pad_mask: Tensor | None = None,
-                need_weights: bool = False) -> Tensor:
+                need_weights: bool = False, tgt_keep_mask: Tensor | None = None) -> Tensor:
         """Logits for every target position under teacher forcing.
 
         Args:
             src_ids: (B, S) long. tgt_in_ids: (B, T) long, the target shifted right (starting with bos = <pad>).
             src_pad_mask: (B, S) bool, True = padding; default `src_ids == pad`.
-        Returns: logits (B, T, V). Padded target positions produce garbage that the loss ignores; real positions
+            tgt_keep_mask: (B, T) bool; if given, logits only where True, flattened to (N, V): training skips the
+                output layer at padded positions (the largest matrix product of a small model).
+        Returns: logits (B, T, V), or (N, V) with tgt_keep_mask. Padded target positions produce garbage that the loss ignores; real positions
             only see real tokens (the causal mask keeps them from the padding that comes after them).
             With need_weights, `self.decoder_attention` and `self.cross_attention` then hold the weights per layer.
         """
@@ -134,7 +136,10 @@ class Transformer(nn.Module):
         if need_weights:  # L × (B, H, T, T) and L × (B, H, T, S)
             self.decoder_attention = [w[0] for w in weights]
             self.cross_attention = [w[1] for w in weights]
-        return self.project(self.decoder_norm(y))  # (B, T, V)
+        y = self.decoder_norm(y)  # (B, T, D)
+        if tgt_keep_mask is not None:
+            y = y[tgt_keep_mask]  # (N, D)
+        return self.project(y)  # (B, T, V) or (N, V)
 
     # ---- incremental decoding -------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ def plot_log(log_path: str | Path, png_path: str | Path) -> None:
         ax2 = ax.twinx()
         ax2.plot([r["step"] for r in dev], [r["dev_bleu"] for r in dev], "s--", color="tab:green", label="dev BLEU")
         ax2.set_ylabel("dev BLEU (greedy)")
-        ax2.legend(loc="upper center")
+        ax2.legend(loc="center right")
     ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -55,6 +55,8 @@ class Run:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.model = Transformer(self.model_cfg).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(self.model, t, self.model_cfg.d_model)
+        # fp16 (CUDA) needs loss scaling against underflow; bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.step, self.best_bleu, self.bad_evals, self.elapsed = 0, -1.0, 0, 0.0
         if resume:
             self._restore(resume)
@@ -93,12 +95,14 @@ class Run:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
+        if payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
         s = payload["state"]
         self.step, self.best_bleu, self.bad_evals, self.elapsed = s["step"], s["best_bleu"], s["bad_evals"], s["elapsed"]
 
     def payload(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "tokenizer": self.tokenizer.model_proto,
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "tokenizer": self.tokenizer.model_proto,
                 "configs": {"model": self.model_cfg.to_dict(), "data": self.data_cfg.to_dict(),
                             "train": self.train_cfg.to_dict()},
                 "state": {"step": self.step, "best_bleu": self.best_bleu, "bad_evals": self.bad_evals,
@@ -131,17 +135,20 @@ class Run:
         for i, b in enumerate(batches):
             sync = nullcontext() if (w == 1 or i == a - 1) else self.net.no_sync()
             with sync:
+                keep = b.tgt_out_ids.ne(self.tokenizer.pad_id)  # (B, T): no output layer on padding
                 with self.autocast():
-                    logits = self.net(b.src_ids, b.tgt_in_ids)  # (B, T, V)
-                loss, nll, _ = label_smoothed_loss(logits.flatten(0, 1), b.tgt_out_ids.flatten(), t.label_smoothing,
+                    logits = self.net(b.src_ids, b.tgt_in_ids, tgt_keep_mask=keep)  # (N, V)
+                loss, nll, _ = label_smoothed_loss(logits, b.tgt_out_ids[keep], t.label_smoothing,
                                                    self.tokenizer.pad_id)
-                (loss * w / n_tgt).backward()
+                self.scaler.scale(loss * w / n_tgt).backward()
             totals += torch.stack([loss.detach(), nll.detach()]).double()
         # 3. Clip (optional) and update with the scheduled learning rate.
         if t.clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_norm)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -149,8 +156,8 @@ class Run:
         if w > 1:
             dist.all_reduce(totals)
         loss, nll = (totals / n_tgt).tolist()
-        return {"step": self.step, "loss": loss, "nll": nll, "ppl": math.exp(min(nll, 50)), "lr": lr,
-                "tokens": counts.sum().item()}
+        return {"step": self.step, "loss": loss, "nll": nll, "lr": lr, "tokens": counts.sum().item(),
+                "tgt_tokens": n_tgt}
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -198,13 +205,12 @@ def train(run: Run) -> dict:
         record = run.train_step()
         now = time.perf_counter()
         run.elapsed += now - tic
-        window.append((now - tic, record["tokens"]))
+        window.append((now - tic, record["tokens"], record["tgt_tokens"], record["loss"], record["nll"]))
         tic = now
         last = record
         if run.step % t.log_every == 0 or run.step == t.max_steps:
-            secs, toks = map(sum, zip(*window))
+            record = summarize(record["step"], record["lr"], window, run.elapsed)
             window = []
-            record.update(tokens_per_s=toks / secs, elapsed_s=run.elapsed)
             logger.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", ppl=f"{record['ppl']:.1f}",
                             tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{record['lr']:.2e}")
@@ -220,6 +226,14 @@ def train(run: Run) -> dict:
     if main:
         finish(run)
     return last
+
+
+def summarize(step: int, lr: float, window: list[tuple], elapsed: float) -> dict:
+    """One log record for the steps since the last one: token-weighted loss and NLL, throughput."""
+    secs, tokens, tgt = (sum(w[i] for w in window) for i in range(3))
+    loss, nll = (sum(w[2] * w[i] for w in window) / tgt for i in (3, 4))
+    return {"step": step, "loss": loss, "nll": nll, "ppl": math.exp(min(nll, 50)), "lr": lr,
+            "tokens_per_s": tokens / secs, "steps": len(window), "elapsed_s": elapsed}
 
 
 def evaluate(run: Run, logger: Logger) -> bool:

@@ -117,3 +117,12 @@ def test_attention_weights_rows_sum_to_one():
     assert torch.allclose(cross.sum(-1), torch.ones(2, 2, 4), atol=1e-6)
     assert torch.all(cross[0, :, :, 3:] == 0)
     assert torch.all(m.decoder_attention[0][..., 0, 1:] == 0)  # the first target position sees only itself
+
+
+def test_keep_mask_gives_the_same_logits_at_kept_positions():
+    m = tiny_model()
+    src = torch.randint(0, PAD, (2, 5))
+    tgt = torch.randint(0, PAD, (2, 4))
+    keep = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    with torch.no_grad():
+        assert torch.allclose(m(src, tgt, tgt_keep_mask=keep), m(src, tgt)[keep], atol=1e-6)

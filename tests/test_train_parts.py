@@ -50,3 +50,16 @@ def test_tokenizer_round_trip_french_and_no_break_spaces():
     assert tok.encode("Où est-il\u202f?") == tok.encode("Où est-il ?") == tok.encode("Où est-il\u00a0?")
     assert tok.pad_id == tok.vocab_size - 1 and tok.encode("x")[-1] != tok.pad_id
     assert tok.decode([*tok.encode("Un garçon"), 0, *tok.encode("jamais")]) == "Un garçon"
+
+
+def test_label_smoothed_loss_gradient_is_softmax_minus_q():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1, 6, 4])  # 6 is <pad>: no gradient for that row
+    loss, _, _ = label_smoothed_loss(logits, target, 0.1, pad_id=6)
+    loss.backward()
+    q = smoothed_targets(target[[0, 2]], 7, 0.1, 6).double()
+    expected = logits.detach()[[0, 2]].softmax(-1) - q
+    assert torch.allclose(logits.grad[[0, 2]], expected, atol=1e-10)
+    assert torch.all(logits.grad[1] == 0)
+    assert torch.autograd.gradcheck(lambda x: label_smoothed_loss(x, target, 0.1, 6)[0], (logits.detach().requires_grad_(),))

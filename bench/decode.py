@@ -1,0 +1,146 @@
+"""Decoding speed race on one set of weights: ours (fp32, bf16) vs transformers `generate` on our Marian export vs
+CTranslate2 (float32, int8) on the converted export.
+
+Every system translates the same test set in the same groups of `--batch-size` consecutive sentences, with the
+same beam size, on the same threads, in one run; rounds alternate the systems so machine noise hits them alike.
+Prints target tokens/s, sentences/s, BLEU (sacrebleu) and the ratio to CTranslate2 int8.
+
+    python bench/decode.py --model runs/multi30k/best.pt --beam-size 4 --batch-size 32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from seq2seq.checkpoint import load_model  # noqa: E402
+from seq2seq.config import DecodeConfig  # noqa: E402
+from seq2seq.data import read_corpus  # noqa: E402
+from seq2seq.evaluate import default_model, score  # noqa: E402
+from seq2seq.export import export_marian  # noqa: E402
+from seq2seq.translator import Translator  # noqa: E402
+
+
+def ours(model_path: str, precision: str, beam: int):
+    model, tok = load_model(model_path)
+    translator = Translator(model, tok, device="cpu", precision=precision, max_batch_tokens=10 ** 9)
+    config = DecodeConfig(beam_size=beam, length_penalty=0.6)
+
+    def run(batch: list[str]) -> tuple[list[str], int]:
+        out = translator.translate(batch, config)
+        return [t.text for t in out], sum(len(t.tokens) for t in out)
+
+    return run
+
+
+def hf(export_dir: Path, beam: int):
+    import transformers
+
+    model = transformers.MarianMTModel.from_pretrained(export_dir).eval()
+    tok = transformers.MarianTokenizer.from_pretrained(export_dir)
+
+    def run(batch: list[str]) -> tuple[list[str], int]:
+        enc = tok(batch, return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            out = model.generate(**enc, num_beams=beam, do_sample=False, length_penalty=1.0,
+                                 max_new_tokens=int(enc.input_ids.size(1)) + 50)
+        n = int(out[:, 1:].ne(model.config.pad_token_id).sum())  # generated tokens incl. eos, without the start
+        return tok.batch_decode(out, skip_special_tokens=True), n
+
+    return run
+
+
+def ct2(ct2_dir: Path, compute_type: str, beam: int, threads: int, sp):
+    import ctranslate2
+
+    translator = ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type=compute_type,
+                                        intra_threads=threads, inter_threads=1)
+
+    def run(batch: list[str]) -> tuple[list[str], int]:
+        src = [sp.encode(s, out_type=str) + ["</s>"] for s in batch]
+        res = translator.translate_batch(src, beam_size=beam, length_penalty=0.6, max_batch_size=len(batch),
+                                         max_decoding_length=max(map(len, src)) + 50)
+        hyps = [r.hypotheses[0] for r in res]
+        return [sp.decode_pieces(h) for h in hyps], sum(len(h) + 1 for h in hyps)  # + the eos
+
+    return run
+
+
+def timed(system, groups: list[list[str]]) -> tuple[float, list[str], int]:
+    start, hyps, tokens = time.perf_counter(), [], 0
+    for batch in groups:
+        h, n = system(batch)
+        hyps += h
+        tokens += n
+    return time.perf_counter() - start, hyps, tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=default_model() or str(ROOT / "runs/multi30k/best.pt"))
+    p.add_argument("--data", default=str(ROOT.parent / "shared/data/multi30k/test_2016_flickr"))
+    p.add_argument("--beam-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=0, help="first N sentences only")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--systems", default="ours-fp32,ours-bf16,hf-fp32,ct2-float32,ct2-int8")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    ds = read_corpus(args.data)
+    sources, refs = list(ds["src"]), list(ds["tgt"])
+    if args.limit:
+        sources, refs = sources[:args.limit], refs[:args.limit]
+    groups = [sources[i:i + args.batch_size] for i in range(0, len(sources), args.batch_size)]
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-decode-"))
+    model, tok = load_model(args.model)
+    export_marian(model, tok, tmp / "marian")
+    converter = Path(sys.executable).with_name("ct2-transformers-converter")
+    subprocess.run([str(converter), "--model", str(tmp / "marian"), "--output_dir", str(tmp / "ct2")], check=True,
+                   capture_output=True)
+    make = {"ours-fp32": lambda: ours(args.model, "fp32", args.beam_size),
+            "ours-bf16": lambda: ours(args.model, "bf16", args.beam_size),
+            "hf-fp32": lambda: hf(tmp / "marian", args.beam_size),
+            "ct2-float32": lambda: ct2(tmp / "ct2", "float32", args.beam_size, args.threads, tok.sp),
+            "ct2-int8": lambda: ct2(tmp / "ct2", "int8", args.beam_size, args.threads, tok.sp)}
+    names = args.systems.split(",")
+    systems = {n: make[n]() for n in names}
+    for n in names:  # warm-up: one group each
+        systems[n](groups[0])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    results: dict[str, dict] = {}
+    for r in range(args.rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            secs, hyps, tokens = timed(systems[n], groups)
+            times[n].append(secs)
+            results[n] = {"tokens": tokens, "bleu": score(hyps, refs)["bleu"]}
+    for n in names:
+        secs = statistics.median(times[n])
+        results[n].update(seconds=round(secs, 2), tokens_per_s=round(results[n]["tokens"] / secs),
+                          sentences_per_s=round(len(sources) / secs, 1))
+    ref_name = "ct2-int8" if "ct2-int8" in results else names[0]
+    print(f"{len(sources)} sentences, beam {args.beam_size}, batch {args.batch_size}, {args.threads} threads, "
+          f"median of {args.rounds} rounds")
+    print(f"{'system':<12} {'tok/s':>8} {'sent/s':>8} {'BLEU':>6}  ratio to {ref_name}")
+    for n in names:
+        r = results[n]
+        ratio = r["tokens_per_s"] / results[ref_name]["tokens_per_s"]
+        print(f"{n:<12} {r['tokens_per_s']:>8} {r['sentences_per_s']:>8} {r['bleu']:>6.2f}  {ratio:.2f}×")
+    if args.json:
+        print(json.dumps({"beam_size": args.beam_size, "batch_size": args.batch_size, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
