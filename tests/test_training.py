@@ -1,8 +1,10 @@
 """Whole training runs on the copy task: checkpoints, exact resume, DDP equivalence, learning."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,34 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path, copy_corpus):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "straight" / "loss.png").stat().st_size > 1000
     assert (tmp_path / "straight" / "averaged.pt").exists() is False  # average_last is off by default
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, copy_corpus):
+    cfg = tiny_config(tmp_path, copy_corpus, max_steps=300, eval_every=0, save_every=10, log_every=5)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "seq2seq.train", "--config", cfg]
+    straight = subprocess.run([*command, "--out", str(tmp_path / "straight")], env=env, capture_output=True,
+                              timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    (tmp_path / "killed").mkdir()  # the same tokenizer, so that the two runs see the same ids
+    (tmp_path / "killed" / "spm.model").write_bytes((tmp_path / "straight" / "spm.model").read_bytes())
+    proc = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 5):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # mid-run, between checkpoints or even while writing one
+    proc.wait()
+    saved = sorted(p.name for p in (tmp_path / "killed").glob("checkpoint_*.pt"))
+    assert saved and saved[-1] < "checkpoint_00000300.pt", saved  # it really stopped early
+    resumed = subprocess.run([*command, "--out", str(tmp_path / "killed")], env=env, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert records(tmp_path / "killed")[300]["loss"] == records(tmp_path / "straight")[300]["loss"]
+    a = ckpt.load(tmp_path / "straight" / "checkpoint_00000300.pt")["model"]
+    b = ckpt.load(tmp_path / "killed" / "checkpoint_00000300.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
