@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from seq2seq.checkpoint import load_model  # noqa: E402
 from seq2seq.config import DecodeConfig  # noqa: E402
 from seq2seq.data import read_corpus  # noqa: E402
 from seq2seq.evaluate import default_model, score  # noqa: E402
-from seq2seq.export import export_marian  # noqa: E402
+from seq2seq.export import export_ctranslate2, export_marian  # noqa: E402
 from seq2seq.translator import Translator  # noqa: E402
 
 
@@ -52,7 +51,7 @@ def hf(export_dir: Path, beam: int):
     def run(batch: list[str]) -> tuple[list[str], int]:
         enc = tok(batch, return_tensors="pt", padding=True)
         with torch.inference_mode():
-            out = model.generate(**enc, num_beams=beam, do_sample=False, length_penalty=1.0,
+            out = model.generate(**enc, num_beams=beam, do_sample=False, length_penalty=1.0, max_length=None,
                                  max_new_tokens=int(enc.input_ids.size(1)) + 50)
         n = int(out[:, 1:].ne(model.config.pad_token_id).sum())  # generated tokens incl. eos, without the start
         return tok.batch_decode(out, skip_special_tokens=True), n
@@ -107,9 +106,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-decode-"))
     model, tok = load_model(args.model)
     export_marian(model, tok, tmp / "marian")
-    converter = Path(sys.executable).with_name("ct2-transformers-converter")
-    subprocess.run([str(converter), "--model", str(tmp / "marian"), "--output_dir", str(tmp / "ct2")], check=True,
-                   capture_output=True)
+    export_ctranslate2(model, tok, tmp / "ct2")
     make = {"ours-fp32": lambda: ours(args.model, "fp32", args.beam_size),
             "ours-bf16": lambda: ours(args.model, "bf16", args.beam_size),
             "hf-fp32": lambda: hf(tmp / "marian", args.beam_size),

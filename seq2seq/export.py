@@ -1,15 +1,20 @@
-"""`seq2seq-export --format marian --out DIR`: write a Hugging Face MarianMTModel folder from our checkpoint.
+"""`seq2seq-export --format marian|ctranslate2 --out DIR`: a Hugging Face MarianMTModel folder, or a CTranslate2 model.
 
-The folder loads with `transformers.MarianMTModel.from_pretrained(DIR)` / `MarianTokenizer.from_pretrained(DIR)` and
-converts with CTranslate2's `ct2-transformers-converter --model DIR`. It maps one-to-one because our model already
-follows Marian's conventions: [sin | cos] positions from 0, embeddings × √d_model, post-norm, ReLU, `</s>` = 0,
-`<unk>` = 1, `<pad>` = the last id and the decoder start with an all-zero embedding row.
+The Marian folder loads with `transformers.MarianMTModel.from_pretrained(DIR)` / `MarianTokenizer.from_pretrained(DIR)`
+and gives our logits exactly. It maps one-to-one because our model follows Marian's conventions: [sin | cos]
+positions from 0, embeddings × √d_model, post-norm, ReLU, `</s>` = 0, `<unk>` = 1, `<pad>` = the last id and the
+decoder start symbol. One convention it does not share: the <pad> row of a trained model is not zero (the tied output
+projection trains it), whereas CTranslate2's Marian loader starts the decoder from a zero vector. So a plain
+`ct2-transformers-converter --model DIR` gives a different first step (and translations that drop their first
+words); `--format ctranslate2` converts through that loader and then folds our start embedding into the decoder's
+position 0, which only the start symbol uses (see `fold_start_embedding`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -93,13 +98,19 @@ def write_tokenizer(tokenizer: Tokenizer, out: Path, src_lang: str = "fr", tgt_l
         "pad_token": "<pad>"}, indent=2), encoding="utf-8")
 
 
+def check_out(out: str | Path) -> Path:
+    """`out` must be new or an existing empty directory: an export never overwrites anything."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} exists and is not an empty directory")
+    return out
+
+
 def export_marian(model: Transformer, tokenizer: Tokenizer, out: str | Path) -> Path:
     """Write the folder; `out` may be new or an existing empty directory."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {out} exists and is not an empty directory")
+    out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = marian_state_dict(model)
     # safetensors refuses shared storage: the tied embedding is written once under each name it has.
@@ -112,18 +123,61 @@ def export_marian(model: Transformer, tokenizer: Tokenizer, out: str | Path) -> 
     return out
 
 
+def start_input(model: Transformer) -> torch.Tensor:
+    """What our decoder adds up at step 0: emb(<pad>) × √d_model + PE(0), (D,) float32 (dropout aside)."""
+    e = model.embed
+    return (e.tokens.weight[model.pad_id] * e.scale + e.positions[0]).detach().float()
+
+
+def fold_start_embedding(spec, first_input: torch.Tensor) -> None:
+    """Make a converted CTranslate2 spec start its decoder where ours does.
+
+    CTranslate2 (`start_from_zero_embedding`, Marian's convention) replaces the start token's embedding by zeros at
+    step 0 and adds position encoding 0, whereas our start symbol <pad> has a trained, non-zero row. The decoder's
+    position 0 is used by the start symbol alone, so setting that row to our whole first input (embedding + PE(0))
+    gives CTranslate2 our step-0 input exactly, while its vocabulary, later steps and the encoder stay unchanged.
+    """
+    if not spec.decoder.start_from_zero_embedding:
+        raise ValueError("CTranslate2's Marian loader no longer starts from a zero embedding: cannot fold")
+    encodings = spec.decoder.position_encodings.encodings.detach().clone()  # (max_positions, D)
+    encodings[0] = first_input.to(encodings.dtype)
+    spec.decoder.position_encodings.encodings = encodings
+
+
+def export_ctranslate2(model: Transformer, tokenizer: Tokenizer, out: str | Path) -> Path:
+    """A CTranslate2 model folder (float32 weights; quantize at load with `compute_type`) with source.spm and
+    target.spm; `out` may be new or an existing empty directory. Needs the `ctranslate2` package."""
+    from ctranslate2.converters import TransformersConverter
+
+    class Converter(TransformersConverter):
+        def _load(self):  # the hook ctranslate2's Converter.convert calls to build the spec
+            spec = super()._load()
+            fold_start_embedding(spec, start_input(model))
+            return spec
+
+    out = check_out(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        marian = export_marian(model, tokenizer, Path(tmp) / "marian")
+        # force: `out` is new or empty (checked above), and the converter refuses any existing directory.
+        Converter(str(marian), copy_files=["source.spm", "target.spm"]).convert(str(out), force=True)
+    return out
+
+
+EXPORTERS = {"marian": export_marian, "ctranslate2": export_ctranslate2}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="seq2seq-export", description=__doc__.split("\n")[0])
     p.add_argument("--model", default=default_model(), help="checkpoint file (default: the shipped model)")
-    p.add_argument("--format", default="marian", choices=["marian"])
+    p.add_argument("--format", default="marian", choices=sorted(EXPORTERS))
     p.add_argument("--out", required=True, help="a new or an existing empty directory")
     args = p.parse_args(argv)
     try:
         if not args.model:
             raise ValueError("no --model given and no shipped model found under models/")
         model, tokenizer = load_model(args.model)
-        print(export_marian(model, tokenizer, args.out))
-    except (CheckpointError, ValueError, OSError) as e:
+        print(EXPORTERS[args.format](model, tokenizer, args.out))
+    except (CheckpointError, ValueError, OSError, ImportError) as e:
         print(f"seq2seq-export: error: {e}", file=sys.stderr)
         return 2
     return 0

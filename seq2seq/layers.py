@@ -40,7 +40,8 @@ class Embedding(nn.Module):
         super().__init__()
         self.tokens = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         # Deviation (the paper does not say): N(0, d_model^-0.5) so that embedding × √d_model has unit variance, as
-        # in fairseq and tensor2tensor. The <pad> row stays zero: it is the decoder's start symbol (Marian).
+        # in fairseq and tensor2tensor. The <pad> row is zero and stays zero (padding_idx stops the input gradient,
+        # its −inf logit the output one): it is the decoder's start symbol (Marian).
         nn.init.normal_(self.tokens.weight, mean=0.0, std=d_model ** -0.5)
         with torch.no_grad():
             self.tokens.weight[pad_id].zero_()

@@ -34,7 +34,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         v = x.size(-1)
         lse = torch.logsumexp(x, dim=-1)  # (N,)
         nll = lse - x.gather(1, target[:, None]).squeeze(1)  # (N,)
-        smooth = (v - 1) * lse - (x.sum(dim=-1) - x[:, pad_id])  # (N,)
+        # Σ_{v ≠ pad} x_v, summed around the pad column, whose logit the model sets to −inf
+        smooth = (v - 1) * lse - x[:, :pad_id].sum(dim=-1) - x[:, pad_id + 1:].sum(dim=-1)  # (N,)
         eps_i = epsilon / (v - 2)
         ctx.save_for_backward(logits, target, lse)
         ctx.epsilon, ctx.pad_id = epsilon, pad_id

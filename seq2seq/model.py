@@ -70,6 +70,7 @@ class Transformer(nn.Module):
         self.bos_id = c.pad_id
         self.eos_id = 0  # </s>; the tokenizer fixes the same ids (seq2seq.tokenizer)
         self.embed = Embedding(c.vocab_size, c.d_model, c.pad_id, c.dropout, c.max_positions)
+        self.register_buffer("_pad_index", torch.tensor([c.pad_id]), persistent=False)
         self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.n_layers))
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_dec_layers))
         self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.pre_norm else nn.Identity()
@@ -91,8 +92,12 @@ class Transformer(nn.Module):
     # ---- shared pieces -------------------------------------------------------------------------------------------
 
     def project(self, y: Tensor) -> Tensor:
-        """Pre-softmax linear transformation with the shared embedding matrix: (…, D) -> logits (…, V)."""
-        return y @ self.embed.tokens.weight.t()
+        """Pre-softmax linear transformation with the shared embedding matrix: (…, D) -> logits (…, V).
+
+        <pad> is never an output, so its logit is −inf, in training as in decoding. This also keeps its row of the
+        shared matrix at zero (no gradient reaches it), which is what Marian and CTranslate2 assume of the
+        decoder's start symbol."""
+        return (y @ self.embed.tokens.weight.t()).index_fill(-1, self._pad_index, float("-inf"))
 
     def encode(self, src_ids: Tensor, src_pad_mask: Tensor | None = None, need_weights: bool = False) -> Memory:
         """src_ids (B, S) long, src_pad_mask (B, S) bool True = padding (default: ids == pad) -> Memory.
@@ -168,9 +173,8 @@ class Transformer(nn.Module):
             attn.append(cross_w)
         state.step = t + 1
         state.attention = [w[:, :, 0] for w in attn] if state.need_attention else None  # L × (B, H, S)
-        logits = self.project(self.decoder_norm(y[:, 0])).float()  # (B, V)
-        logits[:, self.pad_id] = float("-inf")
-        return logits.log_softmax(dim=-1)
+        logits = self.project(self.decoder_norm(y[:, 0]))  # (B, V), <pad> at −inf
+        return logits.float().log_softmax(dim=-1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

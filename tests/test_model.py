@@ -57,8 +57,10 @@ def test_parameter_counts_match_table_3():
 def test_embeddings_are_shared_and_pad_row_is_zero():
     m = tiny_model()
     assert torch.all(m.embed.tokens.weight[PAD] == 0)
-    y = torch.randn(2, V)[:, :32]
-    assert torch.equal(m.project(y), y @ m.embed.tokens.weight.t())
+    y = torch.randn(2, 32)
+    logits = m.project(y)
+    assert torch.equal(logits[:, :PAD], y @ m.embed.tokens.weight[:PAD].t())
+    assert torch.all(logits[:, PAD] == float("-inf"))  # <pad> is never an output
 
 
 def test_no_future_leak():
@@ -92,9 +94,7 @@ def test_incremental_decoding_equals_full_forward_also_after_reorder(pre_norm):
     tgt = torch.randint(0, PAD, (3, 7))
     tgt[:, 0] = PAD  # the start symbol
     with torch.no_grad():
-        full = m(src, tgt)
-        full[..., PAD] = float("-inf")
-        full = full.log_softmax(-1)  # (B, T, V)
+        full = m(src, tgt).log_softmax(-1)  # (B, T, V)
         memory = m.encode(src)
         state = m.init_state(memory, max_len=2)  # small on purpose: the cache must grow
         steps = [m.decode_step(tgt[:, t], memory, state) for t in range(4)]
@@ -126,3 +126,16 @@ def test_keep_mask_gives_the_same_logits_at_kept_positions():
     keep = torch.tensor([[True, True, True, False], [True, False, False, False]])
     with torch.no_grad():
         assert torch.allclose(m(src, tgt, tgt_keep_mask=keep), m(src, tgt)[keep], atol=1e-6)
+
+
+def test_pad_row_gets_no_gradient_so_the_start_embedding_stays_zero():
+    from seq2seq.loss import label_smoothed_loss
+
+    m = tiny_model().train()
+    src = torch.randint(0, PAD, (2, 5))
+    tgt_in = torch.cat([torch.full((2, 1), PAD), torch.randint(0, PAD, (2, 3))], 1)
+    tgt_out = torch.randint(0, PAD, (2, 4))
+    loss, _, _ = label_smoothed_loss(m(src, tgt_in).flatten(0, 1), tgt_out.flatten(), 0.1, PAD)
+    loss.backward()
+    grad = m.embed.tokens.weight.grad
+    assert torch.all(grad[PAD] == 0) and grad[:PAD].abs().sum() > 0
