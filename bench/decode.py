@@ -2,7 +2,8 @@
 CTranslate2 (float32, int8) on the converted export.
 
 Every system translates the same test set in the same groups of `--batch-size` consecutive sentences, with the
-same beam size, on the same threads, in one run; rounds alternate the systems so machine noise hits them alike.
+same beam size and threads, each in a fresh process of its own, in one run; rounds alternate the systems so
+machine noise hits them alike.
 Prints target tokens/s, sentences/s, BLEU (sacrebleu) and the ratio to CTranslate2 int8.
 
     python bench/decode.py --model runs/multi30k/best.pt --beam-size 4 --batch-size 32
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,6 +86,21 @@ def timed(system, groups: list[list[str]]) -> tuple[float, list[str], int]:
     return time.perf_counter() - start, hyps, tokens
 
 
+def run_worker(args, name: str, export_dir: Path, sources: list[str], refs: list[str]) -> dict:
+    """One system, in this process alone: load, warm up on one group, time the whole set."""
+    groups = [sources[i:i + args.batch_size] for i in range(0, len(sources), args.batch_size)]
+    _, tok = load_model(args.model)
+    make = {"ours-fp32": lambda: ours(args.model, "fp32", args.beam_size),
+            "ours-bf16": lambda: ours(args.model, "bf16", args.beam_size),
+            "hf-fp32": lambda: hf(export_dir / "marian", args.beam_size),
+            "ct2-float32": lambda: ct2(export_dir / "ct2", "float32", args.beam_size, args.threads, tok.sp),
+            "ct2-int8": lambda: ct2(export_dir / "ct2", "int8", args.beam_size, args.threads, tok.sp)}
+    system = make[name]()
+    system(groups[0])
+    secs, hyps, tokens = timed(system, groups)
+    return {"seconds": secs, "tokens": tokens, "bleu": score(hyps, refs)["bleu"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=default_model() or str(ROOT / "runs/multi30k/best.pt"))
@@ -95,38 +112,39 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--systems", default="ours-fp32,ours-bf16,hf-fp32,ct2-float32,ct2-int8")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one system, print its JSON
+    p.add_argument("--export-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ds = read_corpus(args.data)
     sources, refs = list(ds["src"]), list(ds["tgt"])
     if args.limit:
         sources, refs = sources[:args.limit], refs[:args.limit]
-    groups = [sources[i:i + args.batch_size] for i in range(0, len(sources), args.batch_size)]
+    if args.worker:
+        print(json.dumps(run_worker(args, args.worker, Path(args.export_dir), sources, refs)))
+        return
 
+    # Each system runs in a fresh process of its own: in one process, CTranslate2's and torch's thread pools
+    # slow each other down (ours bf16 measured 1.8× slower after CTranslate2 had run in the same process).
     tmp = Path(tempfile.mkdtemp(prefix="bench-decode-"))
     model, tok = load_model(args.model)
     export_marian(model, tok, tmp / "marian")
     export_ctranslate2(model, tok, tmp / "ct2")
-    make = {"ours-fp32": lambda: ours(args.model, "fp32", args.beam_size),
-            "ours-bf16": lambda: ours(args.model, "bf16", args.beam_size),
-            "hf-fp32": lambda: hf(tmp / "marian", args.beam_size),
-            "ct2-float32": lambda: ct2(tmp / "ct2", "float32", args.beam_size, args.threads, tok.sp),
-            "ct2-int8": lambda: ct2(tmp / "ct2", "int8", args.beam_size, args.threads, tok.sp)}
     names = args.systems.split(",")
-    systems = {n: make[n]() for n in names}
-    for n in names:  # warm-up: one group each
-        systems[n](groups[0])
-    times: dict[str, list[float]] = {n: [] for n in names}
-    results: dict[str, dict] = {}
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                   if k in ("model", "data", "beam_size", "batch_size", "limit", "threads")]
     for r in range(args.rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
-            secs, hyps, tokens = timed(systems[n], groups)
-            times[n].append(secs)
-            results[n] = {"tokens": tokens, "bleu": score(hyps, refs)["bleu"]}
+            out = subprocess.run([sys.executable, __file__, *passthrough, f"--worker={n}", f"--export-dir={tmp}"],
+                                 capture_output=True, text=True, check=True)
+            runs[n].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    results = {}
     for n in names:
-        secs = statistics.median(times[n])
-        results[n].update(seconds=round(secs, 2), tokens_per_s=round(results[n]["tokens"] / secs),
-                          sentences_per_s=round(len(sources) / secs, 1))
+        secs = statistics.median(x["seconds"] for x in runs[n])
+        tokens, bleu = runs[n][0]["tokens"], runs[n][0]["bleu"]
+        results[n] = {"tokens": tokens, "bleu": bleu, "seconds": round(secs, 2),
+                      "tokens_per_s": round(tokens / secs), "sentences_per_s": round(len(sources) / secs, 1)}
     ref_name = "ct2-int8" if "ct2-int8" in results else names[0]
     print(f"{len(sources)} sentences, beam {args.beam_size}, batch {args.batch_size}, {args.threads} threads, "
           f"median of {args.rounds} rounds")

@@ -26,8 +26,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropo
         (output (B, H, Tq, d_k), weights or None)
     """
     # On CPU the fused kernel's bf16 backward is ~6× slower than the explicit formula at sentence lengths
-    # (torch 2.13, B=116, H=4, T=17, d_k=64: 19.7 ms vs 3.3 ms forward + backward); in fp32 they are on par.
-    fused = not need_weights and not (q.device.type == "cpu" and q.dtype == torch.bfloat16)
+    # (torch 2.13, B=116, H=4, T=17, d_k=64: 19.7 ms vs 3.3 ms forward + backward); in fp32 they are on par, and
+    # without a backward (decoding) the fused kernel is the faster one.
+    slow_backward = q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+    fused = not need_weights and not slow_backward
     if fused:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                              is_causal=causal and mask is None)

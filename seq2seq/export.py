@@ -53,7 +53,8 @@ def marian_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     emb = s["embed.tokens.weight"]
     out = {"model.shared.weight": emb, "model.encoder.embed_tokens.weight": emb,
            "model.decoder.embed_tokens.weight": emb, "lm_head.weight": emb,
-           "final_logits_bias": torch.zeros(1, emb.size(0))}
+           # <pad> is never an output: −inf, as our model's logit (and CTranslate2 drops that column)
+           "final_logits_bias": torch.zeros(1, emb.size(0)).index_fill(1, torch.tensor([model.pad_id]), float("-inf"))}
 
     def linear(src: str, dst: str) -> None:
         out[f"{dst}.weight"], out[f"{dst}.bias"] = s[f"{src}.weight"], s[f"{src}.bias"]

@@ -35,7 +35,8 @@ def test_transformers_logits_equal_ours_on_random_inputs(copy_model, exported):
     with torch.no_grad():
         ours = model(src, tgt)
         theirs = hf(input_ids=src, attention_mask=src.ne(tok.pad_id).long(), decoder_input_ids=tgt).logits
-    assert (ours - theirs)[..., :tok.pad_id].abs().max().item() <= 1e-4  # <pad>: ours −inf, Marian masks it in generate
+    assert (ours - theirs)[..., :tok.pad_id].abs().max().item() <= 1e-4
+    assert torch.all(ours[..., tok.pad_id] == float("-inf")) and torch.all(theirs[..., tok.pad_id] == float("-inf"))
 
 
 def test_marian_tokenizer_gives_our_ids(copy_model, exported):
