@@ -84,7 +84,9 @@ def check_logits(c: ModelConfig, batch) -> float:
     keep = batch.tgt_out_ids.ne(ours.pad_id)
     args = (batch.src_ids, batch.tgt_in_ids, keep)
     with torch.no_grad():
-        diff = (forward_fn("ours", ours)(*args) - forward_fn("hf", hf)(*args)).abs().max().item()
+        a, b = forward_fn("ours", ours)(*args), forward_fn("hf", hf)(*args)
+    assert torch.equal(a[:, c.pad_id], b[:, c.pad_id]), "the <pad> logit should be -inf in both"
+    diff = (a[:, :c.pad_id] - b[:, :c.pad_id]).abs().max().item()  # <pad> is the last column
     return diff
 
 
