@@ -224,3 +224,23 @@ def sequential_batches(ds: datasets.Dataset, max_tokens: int, pad_id: int) -> li
     lens = np.fromiter(map(len, src), dtype=np.int64)
     batches = make_batches(lens, np.fromiter(map(len, tgt), dtype=np.int64), max_tokens)
     return [(idx, collate([src[i] for i in idx], [tgt[i] for i in idx], pad_id)) for idx in batches]
+
+
+def carve_dev(src: list[str], tgt: list[str], n: int, seed: int = 1) -> tuple[list[int], list[int]]:
+    """Split a corpus into (train, dev) indices with about n dev pairs, by target sentence: every pair whose target
+    (English) sentence is chosen goes to dev, so no English sentence is on both sides; dev pairs whose source also
+    occurs in train are dropped (Tatoeba repeats sentences across pairs)."""
+    rng = np.random.default_rng(seed)
+    by_target: dict[str, list[int]] = {}
+    for i, t in enumerate(tgt):
+        by_target.setdefault(t, []).append(i)
+    chosen, count = set(), 0
+    for t in rng.permutation(list(by_target)):
+        if count >= n:
+            break
+        chosen.add(t)
+        count += len(by_target[t])
+    train = [i for i, t in enumerate(tgt) if t not in chosen]
+    train_sources = {src[i] for i in train}
+    dev = [i for i, t in enumerate(tgt) if t in chosen and src[i] not in train_sources]
+    return train, dev

@@ -55,3 +55,14 @@ def test_collate_shifts_target_right_with_pad_start():
     assert b.tgt_in_ids.tolist() == [[10, 8, 9], [10, 4, 10]]
     assert b.tgt_out_ids.tolist() == [[8, 9, 0], [4, 0, 10]]
     assert (b.n_src_tokens, b.n_tgt_tokens) == (5, 5)
+
+
+def test_carve_dev_by_target_sentence_never_shares_a_sentence():
+    from seq2seq.data import carve_dev
+
+    src = ["a", "b", "c", "d", "e", "f", "a2", "g"]
+    tgt = ["A", "B", "A", "C", "D", "E", "F", "A"]  # "A" has three translations
+    train, dev = carve_dev(src, tgt, n=3, seed=0)
+    assert not {tgt[i] for i in train} & {tgt[i] for i in dev}
+    assert not {src[i] for i in train} & {src[i] for i in dev}
+    assert sorted(train + dev) == list(range(8)) and len(dev) >= 3
