@@ -34,7 +34,9 @@ def load(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: unsafe, so not shown
+        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: not a seq2seq checkpoint file") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(payload, dict) or not {"model", "configs", "tokenizer"} <= set(payload):
         raise CheckpointError(f"{path} is not a seq2seq checkpoint (expected keys model, configs, tokenizer)")
@@ -43,8 +45,11 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def model_from_payload(payload: dict[str, Any], where: str = "checkpoint") -> tuple[Transformer, Tokenizer]:
     """Build the model and tokenizer a checkpoint describes, checking that they agree."""
-    config = ModelConfig.from_dict(payload["configs"]["model"])
-    tokenizer = Tokenizer(payload["tokenizer"])
+    try:
+        config = ModelConfig.from_dict(payload["configs"]["model"])
+        tokenizer = Tokenizer(payload["tokenizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{where}: bad model config or tokenizer: {str(e).splitlines()[0]}") from None
     if tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(f"{where}: tokenizer has {tokenizer.vocab_size} ids but the model expects "
                               f"{config.vocab_size}")

@@ -2,9 +2,10 @@
 
 Resumes exactly: running again with the same --out continues from the newest checkpoint (model, optimizer,
 scheduler, data position; dropout randomness is derived from (seed, rank, step)). Multi-process with
-`torchrun --nproc-per-node N -m seq2seq.train ...` (gloo on CPU, NCCL on CUDA): rank r of W takes every W-th
-micro-batch, and the loss is normalised by the global target-token count, so W processes with accumulation A/W
-give the same update as one process with accumulation A.
+`torchrun --nproc-per-node N -m seq2seq.train ...` (gloo on CPU, NCCL on CUDA): each step takes W·A consecutive
+micro-batches of the stream, rank r the r-th block of A, and the loss is normalised by the global target-token
+count, so W processes with accumulation A/W see the same batches as one process with accumulation A, and make the
+same update when dropout is 0 (dropout draws differ per rank).
 """
 from __future__ import annotations
 
@@ -92,6 +93,11 @@ class Run:
                      len(self.dev) if self.dev is not None else "no")
 
     def _restore(self, payload: dict) -> None:
+        saved = payload["state"].get("micro_batches_per_step")
+        now = self.world * self.train_cfg.accum_steps
+        if saved is not None and saved != now:
+            raise ConfigError(f"this run took {saved} micro-batches per step (processes × accum_steps) and would "
+                              f"now take {now}: resume with the same product, or start a new --out")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -106,7 +112,8 @@ class Run:
                 "configs": {"model": self.model_cfg.to_dict(), "data": self.data_cfg.to_dict(),
                             "train": self.train_cfg.to_dict()},
                 "state": {"step": self.step, "best_bleu": self.best_bleu, "bad_evals": self.bad_evals,
-                          "elapsed": self.elapsed, "data_position": self.step * self.world * self.train_cfg.accum_steps}}
+                          "elapsed": self.elapsed, "data_position": self.step * self.world * self.train_cfg.accum_steps,
+                          "micro_batches_per_step": self.world * self.train_cfg.accum_steps}}
 
     # ---- one optimizer step ---------------------------------------------------------------------------------------
 
@@ -216,6 +223,10 @@ def train(run: Run) -> dict:
                             tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{record['lr']:.2e}")
         bar.update(1)
         out_of_time = t.max_minutes > 0 and run.elapsed >= 60 * t.max_minutes
+        if run.world > 1:  # rank 0's clock decides, so that every rank stops at the same step
+            flag = torch.tensor([float(out_of_time)], device=run.device)
+            dist.broadcast(flag, 0)
+            out_of_time = bool(flag.item())
         done = run.step >= t.max_steps or out_of_time
         if (t.eval_every and run.step % t.eval_every == 0) or done:
             stop = evaluate(run, logger) or out_of_time

@@ -132,3 +132,10 @@ def test_tiny_model_learns_the_copy_task(copy_model):
     assert sum(o == s for o, s in zip(out, sentences)) >= 2, out
     dev = [json.loads(x) for x in (copy_model / "log.jsonl").read_text().splitlines() if "dev_bleu" in x]
     assert dev[-1]["dev_bleu"] > 80
+
+
+def test_resume_with_another_batch_layout_is_refused(tmp_path, copy_corpus, capsys):
+    cfg = tiny_config(tmp_path, copy_corpus, max_steps=5, eval_every=0, save_every=5)
+    assert train_main(["--config", cfg, "--out", str(tmp_path / "run")]) == 0
+    code = train_main(["--config", cfg, "--out", str(tmp_path / "run"), "--max-steps", "10", "--accum-steps", "2"])
+    assert code == 2 and "took 1 micro-batches per step" in capsys.readouterr().err

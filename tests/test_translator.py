@@ -77,3 +77,22 @@ def test_eval_cli_prints_bleu_with_signature(copy_model, copy_corpus):
     assert result["bleu"] > 80 and result["sentences"] == 60
     assert result["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
     assert result["chrf_signature"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:")
+
+
+def test_min_len_beyond_the_maximum_length_still_ends(translator):
+    config = DecodeConfig(beam_size=2, min_len=500, max_len_a=0.0, max_len_b=3)  # the maximum wins
+    out = translator.translate(["ba ce"], config)[0]
+    assert len(out.token_log_probs) == 4 and out.tokens[-1] == "</s>"
+    assert out.score > float("-inf")
+
+
+def test_unknown_device_and_corrupt_tokenizer_are_clear_errors(copy_model, tmp_path):
+    from seq2seq import checkpoint as ckpt
+
+    with pytest.raises(ValueError, match="unknown device 'foo'"):
+        Translator.from_checkpoint(copy_model / "best.pt", device="foo")
+    payload = ckpt.load(copy_model / "best.pt")
+    payload["tokenizer"] = b"not a sentencepiece model"
+    ckpt.save(tmp_path / "bad.pt", payload)
+    with pytest.raises(ckpt.CheckpointError, match="bad model config or tokenizer"):
+        ckpt.load_model(tmp_path / "bad.pt")

@@ -37,10 +37,11 @@ def constrain(log_probs: Tensor, history: Tensor, step: int, config: DecodeConfi
         penalize_repetition(log_probs, history, config.repetition_penalty)
     if config.no_repeat_ngram_size and step >= config.no_repeat_ngram_size:
         block_repeated_ngrams(log_probs, history, config.no_repeat_ngram_size)
-    if step < config.min_len:
-        log_probs[:, eos_id] = NEG_INF
-    if at_max is not None:
+    if at_max is not None:  # before min_len's ban: at the maximum length the maximum wins, eos keeps its log-prob
         force_eos(log_probs, at_max, eos_id)
+    if step < config.min_len:
+        free = slice(None) if at_max is None else ~at_max
+        log_probs[free, eos_id] = NEG_INF
     return log_probs
 
 
