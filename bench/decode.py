@@ -24,10 +24,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from seq2seq.checkpoint import load_model  # noqa: E402
 from seq2seq.config import DecodeConfig  # noqa: E402
 from seq2seq.data import read_corpus  # noqa: E402
-from seq2seq.evaluate import default_model, score  # noqa: E402
+from seq2seq.checkpoint import default_model, load_model  # noqa: E402
+from seq2seq.evaluate import score  # noqa: E402
 from seq2seq.export import export_ctranslate2, export_marian  # noqa: E402
 from seq2seq.translator import Translator  # noqa: E402
 

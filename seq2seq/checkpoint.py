@@ -28,7 +28,19 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load(path: str | Path) -> dict[str, Any]:
+def default_model() -> str | None:
+    """The shipped model, when there is one (models/*/model.pt or checkpoint.pt); None otherwise."""
+    for name in ("model.pt", "checkpoint.pt"):
+        found = sorted((Path(__file__).resolve().parent.parent / "models").glob(f"*/{name}"))
+        if found:
+            return str(found[0])
+    return None
+
+
+def load(path: str | Path | None) -> dict[str, Any]:
+    """A checkpoint file -> its payload; None (no --model and no shipped model) is an error too."""
+    if path is None:
+        raise CheckpointError("no --model given and no shipped model found under models/")
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -61,7 +73,7 @@ def model_from_payload(payload: dict[str, Any], where: str = "checkpoint") -> tu
     return model.eval(), tokenizer
 
 
-def load_model(path: str | Path) -> tuple[Transformer, Tokenizer]:
+def load_model(path: str | Path | None) -> tuple[Transformer, Tokenizer]:
     """A checkpoint file -> (model in eval mode on CPU, tokenizer)."""
     return model_from_payload(load(path), str(path))
 

@@ -16,6 +16,7 @@ import torch
 from .config import ConfigError, DecodeConfig
 from .data import DataError, read_corpus, sequential_batches
 from .loss import label_smoothed_loss
+from .options import add_decode_flags, add_model_flags, decode_config_from_args
 
 log = logging.getLogger("seq2seq.eval")
 
@@ -53,57 +54,19 @@ def dev_bleu(model, tokenizer, sources: list[str], references: list[str], device
     return {"dev_bleu": result["bleu"], "dev_chrf": result["chrf"]}
 
 
-def add_decode_flags(parser: argparse.ArgumentParser) -> None:
-    """--beam-size, --length-penalty, ... spelled as DecodeConfig's fields (default: DecodeConfig's defaults)."""
-    d = DecodeConfig()
-    g = parser.add_argument_group("decoding (defaults: the paper's beam 4, α = 0.6)")
-    g.add_argument("--beam-size", type=int, default=d.beam_size)
-    g.add_argument("--length-penalty", type=float, default=d.length_penalty)
-    g.add_argument("--n-best", type=int, default=d.n_best)
-    g.add_argument("--max-len-a", type=float, default=d.max_len_a)
-    g.add_argument("--max-len-b", type=int, default=d.max_len_b)
-    g.add_argument("--min-len", type=int, default=d.min_len)
-    g.add_argument("--sample", action="store_true")
-    g.add_argument("--temperature", type=float, default=d.temperature)
-    g.add_argument("--top-k", type=int, default=d.top_k)
-    g.add_argument("--top-p", type=float, default=d.top_p)
-    g.add_argument("--num-samples", type=int, default=d.num_samples)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--no-repeat-ngram-size", type=int, default=d.no_repeat_ngram_size)
-    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
-
-
-def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
-    names = [f for f in DecodeConfig.__dataclass_fields__ if f != "return_attention"]
-    return DecodeConfig(**{f: getattr(args, f) for f in names})
-
-
-def default_model() -> str | None:
-    """The shipped model, when there is one (models/*/model.pt or checkpoint.pt); None otherwise."""
-    for name in ("model.pt", "checkpoint.pt"):
-        found = sorted((Path(__file__).resolve().parent.parent / "models").glob(f"*/{name}"))
-        if found:
-            return str(found[0])
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     p = argparse.ArgumentParser(prog="seq2seq-eval", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=default_model(), help="checkpoint file (default: the shipped model)")
+    add_model_flags(p)
     p.add_argument("--data", help="test corpus: dir/name prefix (name.fr[.gz] + name.en[.gz]), .tsv, .jsonl or hf:ID")
     p.add_argument("--src", help="source file (one sentence per line); with --ref, instead of --data")
     p.add_argument("--ref", help="reference file, aligned with --src")
     p.add_argument("--limit", type=int, default=0, help="only the first N pairs (0 = all)")
     p.add_argument("--hyp-out", help="write the hypotheses here, one per line")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     add_decode_flags(p)
     args = p.parse_args(argv)
     try:
-        if not args.model:
-            raise ValueError("no --model given and no shipped model found under models/")
         if bool(args.data) == bool(args.src and args.ref):
             raise ValueError("give either --data or both --src and --ref")
         config = decode_config_from_args(args)
@@ -117,13 +80,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise DataError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
         if args.limit:
             sources, references = sources[:args.limit], references[:args.limit]
+        from .translate import translate_lines
         from .translator import Translator
         translator = Translator.from_checkpoint(args.model, device=args.device, precision=args.precision,
                                                 max_input_tokens=100_000)
-        keep = [i for i, s in enumerate(sources) if s.strip()]  # an empty source line gets an empty hypothesis
-        hyps = [""] * len(sources)
-        for i, t in zip(keep, translator.translate([sources[i] for i in keep], config)):
-            hyps[i] = t.text
+        hyps = translate_lines(translator, list(sources), config, use_json=False)  # empty source: empty hypothesis
     except (ValueError, ConfigError, DataError, OSError) as e:
         print(f"seq2seq-eval: error: {e}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, load_model
-from .evaluate import default_model
+from .options import add_model_flags
 from .model import Transformer
 from .tokenizer import Tokenizer
 
@@ -169,13 +169,11 @@ EXPORTERS = {"marian": export_marian, "ctranslate2": export_ctranslate2}
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="seq2seq-export", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=default_model(), help="checkpoint file (default: the shipped model)")
+    add_model_flags(p, device=False)
     p.add_argument("--format", default="marian", choices=sorted(EXPORTERS))
     p.add_argument("--out", required=True, help="a new or an existing empty directory")
     args = p.parse_args(argv)
     try:
-        if not args.model:
-            raise ValueError("no --model given and no shipped model found under models/")
         model, tokenizer = load_model(args.model)
         print(EXPORTERS[args.format](model, tokenizer, args.out))
     except (CheckpointError, ValueError, OSError, ImportError) as e:

@@ -1,5 +1,6 @@
 """One way to configure training: a YAML/JSON file and command-line flags, both parsed into the same frozen
 dataclasses. Flags spell the fields (`--max-steps` ↔ `max_steps`, `--d-model` ↔ `d_model`) and override the file.
+Also the flags that the inference command lines share (model, device, decoding options).
 
 File layout:
     model: {d_model: 256, n_heads: 4, ...}     # ModelConfig without vocab_size (that comes from the tokenizer)
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, DataConfig, ModelConfig, TrainConfig
+from .config import ConfigError, DataConfig, DecodeConfig, ModelConfig, TrainConfig
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 _SKIP = {("model", "vocab_size")}
@@ -88,3 +89,38 @@ def build(sections: dict[str, dict[str, Any]], vocab_size: int | None = None) ->
     train = TrainConfig.from_dict(sections["train"])
     model = None if vocab_size is None else ModelConfig.from_dict({**sections["model"], "vocab_size": vocab_size})
     return model, data, train
+
+
+def add_model_flags(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """--model (default: the shipped model) and, for the commands that translate, --device and --precision."""
+    from .checkpoint import default_model
+
+    parser.add_argument("--model", default=default_model(), help="checkpoint file (default: the shipped model)")
+    if device:
+        parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
+        parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+
+
+def add_decode_flags(parser: argparse.ArgumentParser) -> None:
+    """--beam-size, --length-penalty, ... spelled as DecodeConfig's fields (default: DecodeConfig's defaults)."""
+    d = DecodeConfig()
+    g = parser.add_argument_group("decoding (defaults: the paper's beam 4, α = 0.6)")
+    g.add_argument("--beam-size", type=int, default=d.beam_size)
+    g.add_argument("--length-penalty", type=float, default=d.length_penalty)
+    g.add_argument("--n-best", type=int, default=d.n_best)
+    g.add_argument("--max-len-a", type=float, default=d.max_len_a)
+    g.add_argument("--max-len-b", type=int, default=d.max_len_b)
+    g.add_argument("--min-len", type=int, default=d.min_len)
+    g.add_argument("--sample", action="store_true")
+    g.add_argument("--temperature", type=float, default=d.temperature)
+    g.add_argument("--top-k", type=int, default=d.top_k)
+    g.add_argument("--top-p", type=float, default=d.top_p)
+    g.add_argument("--num-samples", type=int, default=d.num_samples)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--no-repeat-ngram-size", type=int, default=d.no_repeat_ngram_size)
+    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
+
+
+def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
+    names = [f for f in DecodeConfig.__dataclass_fields__ if f != "return_attention"]
+    return DecodeConfig(**{f: getattr(args, f) for f in names})

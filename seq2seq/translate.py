@@ -12,7 +12,7 @@ import sys
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
-from .evaluate import add_decode_flags, decode_config_from_args, default_model
+from .options import add_decode_flags, add_model_flags, decode_config_from_args
 from .translator import InputError, Translation, Translator
 
 
@@ -31,17 +31,13 @@ def translate_lines(translator: Translator, lines: list[str], config, use_json: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="seq2seq-translate", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=default_model(), help="checkpoint file (default: the shipped model)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    add_model_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--chunk-lines", type=int, default=256, help="lines read and translated at a time")
     add_decode_flags(p)
     args = p.parse_args(argv)
     try:
         config = decode_config_from_args(args)
-        if not args.model:
-            raise ConfigError("no --model given and no shipped model found under models/")
         translator = Translator.from_checkpoint(args.model, device=args.device, precision=args.precision)
         lines = (line.rstrip("\n") for line in sys.stdin)
         while chunk := list(itertools.islice(lines, max(1, args.chunk_lines))):
