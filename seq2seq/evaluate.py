@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     add_decode_flags(p)
     args = p.parse_args(argv)
     try:
+        from .translate import translate_lines
+        from .translator import Translator
+        translator = Translator.from_checkpoint(args.model, device=args.device, precision=args.precision,
+                                                max_input_tokens=100_000)  # first: a missing model is said first
         if bool(args.data) == bool(args.src and args.ref):
             raise ValueError("give either --data or both --src and --ref")
         config = decode_config_from_args(args)
@@ -80,10 +84,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise DataError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
         if args.limit:
             sources, references = sources[:args.limit], references[:args.limit]
-        from .translate import translate_lines
-        from .translator import Translator
-        translator = Translator.from_checkpoint(args.model, device=args.device, precision=args.precision,
-                                                max_input_tokens=100_000)
         hyps = translate_lines(translator, list(sources), config, use_json=False)  # empty source: empty hypothesis
     except (ValueError, ConfigError, DataError, OSError) as e:
         print(f"seq2seq-eval: error: {e}", file=sys.stderr)
