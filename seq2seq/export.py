@@ -63,26 +63,24 @@ def marian_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
         for name, w, b in zip(dsts, s[f"{src}.weight"].chunk(len(dsts)), s[f"{src}.bias"].chunk(len(dsts))):
             out[f"{name}.weight"], out[f"{name}.bias"] = w.contiguous(), b.contiguous()
 
-    for i in range(model.config.n_layers):
-        a, b = f"encoder.{i}", f"model.encoder.layers.{i}"
+    def self_attention_and_ffn(a: str, b: str, self_norm: str) -> None:
+        """What encoder and decoder layers share: self-attention, feed-forward and their norms."""
         split(f"{a}.self_attn.qkv_proj", [f"{b}.self_attn.{x}_proj" for x in "qkv"])
         linear(f"{a}.self_attn.out_proj", f"{b}.self_attn.out_proj")
-        linear(f"{a}.sub_attn.norm", f"{b}.self_attn_layer_norm")
+        linear(f"{a}.{self_norm}.norm", f"{b}.self_attn_layer_norm")
         linear(f"{a}.ffn.fc1", f"{b}.fc1")
         linear(f"{a}.ffn.fc2", f"{b}.fc2")
         linear(f"{a}.sub_ffn.norm", f"{b}.final_layer_norm")
+
+    for i in range(model.config.n_layers):
+        self_attention_and_ffn(f"encoder.{i}", f"model.encoder.layers.{i}", "sub_attn")
     for i in range(model.config.n_dec_layers):
         a, b = f"decoder.{i}", f"model.decoder.layers.{i}"
-        split(f"{a}.self_attn.qkv_proj", [f"{b}.self_attn.{x}_proj" for x in "qkv"])
-        linear(f"{a}.self_attn.out_proj", f"{b}.self_attn.out_proj")
-        linear(f"{a}.sub_self.norm", f"{b}.self_attn_layer_norm")
+        self_attention_and_ffn(a, b, "sub_self")
         linear(f"{a}.cross_attn.q_proj", f"{b}.encoder_attn.q_proj")
         split(f"{a}.cross_attn.kv_proj", [f"{b}.encoder_attn.{x}_proj" for x in "kv"])
         linear(f"{a}.cross_attn.out_proj", f"{b}.encoder_attn.out_proj")
         linear(f"{a}.sub_cross.norm", f"{b}.encoder_attn_layer_norm")
-        linear(f"{a}.ffn.fc1", f"{b}.fc1")
-        linear(f"{a}.ffn.fc2", f"{b}.fc2")
-        linear(f"{a}.sub_ffn.norm", f"{b}.final_layer_norm")
     return out
 
 

@@ -18,6 +18,10 @@ def smoothed_targets(target: Tensor, vocab_size: int, epsilon: float, pad_id: in
     return q
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.float() if x.element_size() < 4 else x
+
+
 class _SmoothedCrossEntropy(torch.autograd.Function):
     """Per-token H(q, softmax(x)) from logits x, with eps_i = ε / (V − 2) on each non-gold, non-pad token:
 
@@ -30,7 +34,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, epsilon: float, pad_id: int) -> tuple[Tensor, Tensor]:
-        x = logits.float() if logits.element_size() < 4 else logits  # (N, V), at least float32
+        x = _at_least_float32(logits)  # (N, V)
         v = x.size(-1)
         lse = torch.logsumexp(x, dim=-1)  # (N,)
         nll = lse - x.gather(1, target[:, None]).squeeze(1)  # (N,)
@@ -46,11 +50,11 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor):
         logits, target, lse = ctx.saved_tensors
         v = logits.size(-1)
-        x = logits.float() if logits.element_size() < 4 else logits
-        grad = (x - lse[:, None]).exp_()  # p = softmax(x), (N, V)
+        grad = (_at_least_float32(logits) - lse[:, None]).exp_()  # p = softmax(x), (N, V)
         grad.sub_(ctx.epsilon / (v - 2))  # − q off the gold token ...
         grad[:, ctx.pad_id] += ctx.epsilon / (v - 2)  # ... except <pad>, where q = 0
-        grad.scatter_add_(1, target[:, None], torch.full_like(lse[:, None], -(1.0 - ctx.epsilon - ctx.epsilon / (v - 2))))
+        gold = -(1.0 - ctx.epsilon - ctx.epsilon / (v - 2))  # − (q_gold − eps_i): the gold token's q is 1 − ε
+        grad.scatter_add_(1, target[:, None], torch.full_like(lse[:, None], gold))
         return (grad * grad_loss[:, None]).to(logits.dtype), None, None, None
 
 

@@ -128,8 +128,8 @@ class Transformer(nn.Module):
             src_pad_mask: (B, S) bool, True = padding; default `src_ids == pad`.
             tgt_keep_mask: (B, T) bool; if given, logits only where True, flattened to (N, V): training skips the
                 output layer at padded positions (the largest matrix product of a small model).
-        Returns: logits (B, T, V), or (N, V) with tgt_keep_mask. Padded target positions produce garbage that the loss ignores; real positions
-            only see real tokens (the causal mask keeps them from the padding that comes after them).
+        Returns: logits (B, T, V), or (N, V) with tgt_keep_mask. Padded target positions produce garbage that the
+            loss ignores; real positions only see real tokens (the causal mask keeps them from the padding after them).
             With need_weights, `self.decoder_attention` and `self.cross_attention` then hold the weights per layer.
         """
         memory = self.encode(src_ids, src_pad_mask, need_weights)

@@ -107,13 +107,14 @@ class Run:
         self.step, self.best_bleu, self.bad_evals, self.elapsed = s["step"], s["best_bleu"], s["bad_evals"], s["elapsed"]
 
     def payload(self) -> dict:
+        # The data position is step × micro_batches_per_step; the latter must stay the same on resume.
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "tokenizer": self.tokenizer.model_proto,
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "tokenizer": self.tokenizer.model_proto,
                 "configs": {"model": self.model_cfg.to_dict(), "data": self.data_cfg.to_dict(),
                             "train": self.train_cfg.to_dict()},
                 "state": {"step": self.step, "best_bleu": self.best_bleu, "bad_evals": self.bad_evals,
-                          "elapsed": self.elapsed, "data_position": self.step * self.world * self.train_cfg.accum_steps,
-                          "micro_batches_per_step": self.world * self.train_cfg.accum_steps}}
+                          "elapsed": self.elapsed, "micro_batches_per_step": self.world * self.train_cfg.accum_steps}}
 
     # ---- one optimizer step ---------------------------------------------------------------------------------------
 
@@ -223,7 +224,7 @@ def train(run: Run) -> dict:
                             tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{record['lr']:.2e}")
         bar.update(1)
         out_of_time = t.max_minutes > 0 and run.elapsed >= 60 * t.max_minutes
-        if run.world > 1:  # rank 0's clock decides, so that every rank stops at the same step
+        if run.world > 1 and t.max_minutes > 0:  # rank 0's clock decides, so that every rank stops at the same step
             flag = torch.tensor([float(out_of_time)], device=run.device)
             dist.broadcast(flag, 0)
             out_of_time = bool(flag.item())
