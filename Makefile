@@ -3,16 +3,24 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test test-fast clean
+.PHONY: venv proto test test-fast clean
 
 # torch first, pinned: 2.13.0 is the CPU build that lies on this disk; a bare `torch` would pull a CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[serve,test,bench]'
 	touch $@
 
-venv: $(VENV)/.installed
+# The gRPC stubs are build outputs of proto/ (never edited, never committed): client/translation/v1/*_pb2*.py
+STUBS := client/translation/v1/translator_pb2.py
+$(STUBS): proto/translation/v1/translator.proto $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc --proto_path=client=proto --python_out=. --pyi_out=. --grpc_python_out=. \
+		client/translation/v1/translator.proto
+
+proto: $(STUBS)
+
+venv: $(VENV)/.installed $(STUBS)
 
 test: venv
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests

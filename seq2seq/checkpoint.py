@@ -1,8 +1,10 @@
 """Checkpoints: one file holding weights, configs, the SentencePiece model and (for training) the optimizer and
-scheduler, written atomically. Loading a checkpoint needs nothing else. Also: averaging the last k checkpoints.
+scheduler, written atomically. Loading a checkpoint needs nothing else. Also: averaging the last k checkpoints, and
+the shipped form of a model: a directory with model.safetensors (fp16), spm.model and config.json.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
@@ -28,20 +30,52 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+WEIGHTS, TOKENIZER, CONFIG = "model.safetensors", "spm.model", "config.json"  # a model directory's files
+
+
 def default_model() -> str | None:
-    """The shipped model, when there is one (models/*/model.pt or checkpoint.pt); None otherwise."""
-    for name in ("model.pt", "checkpoint.pt"):
-        found = sorted((Path(__file__).resolve().parent.parent / "models").glob(f"*/{name}"))
-        if found:
-            return str(found[0])
-    return None
+    """The shipped model, when there is one (a directory models/<name>/ with model.safetensors); None otherwise."""
+    found = sorted(MODELS_DIR.glob(f"*/{WEIGHTS}"))
+    return str(found[0].parent) if found else None
+
+
+def save_model_dir(payload: dict[str, Any], out: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """The shipped form of a checkpoint: weights only (in `dtype`, half the size of fp32), tokenizer, configs."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in payload["model"].items()}
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(out / WEIGHTS))
+    (out / TOKENIZER).write_bytes(payload["tokenizer"])
+    (out / CONFIG).write_text(json.dumps({"model": payload["configs"]["model"]}, indent=2) + "\n")
+    return out
+
+
+def _load_dir(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    for name in (WEIGHTS, TOKENIZER, CONFIG):
+        if not (path / name).is_file():
+            raise CheckpointError(f"model directory {path} has no {name}")
+    try:
+        weights = load_file(str(path / WEIGHTS))
+        configs = json.loads((path / CONFIG).read_text())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt or unreadable model in {path}: {str(e).splitlines()[0]}") from None
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    return {"model": weights, "configs": configs, "tokenizer": (path / TOKENIZER).read_bytes()}
 
 
 def load(path: str | Path | None) -> dict[str, Any]:
-    """A checkpoint file -> its payload; None (no --model and no shipped model) is an error too."""
+    """A checkpoint file or model directory -> its payload; None (no --model and no shipped model) is an error."""
     if path is None:
         raise CheckpointError("no --model given and no shipped model found under models/")
     path = Path(path)
+    if path.is_dir():
+        return _load_dir(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -74,7 +108,7 @@ def model_from_payload(payload: dict[str, Any], where: str = "checkpoint") -> tu
 
 
 def load_model(path: str | Path | None) -> tuple[Transformer, Tokenizer]:
-    """A checkpoint file -> (model in eval mode on CPU, tokenizer)."""
+    """A checkpoint file or model directory -> (model in eval mode on CPU, fp32, tokenizer)."""
     return model_from_payload(load(path), str(path))
 
 

@@ -33,7 +33,7 @@ def _field_type(f: dataclasses.Field) -> Any:
     return str
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):
@@ -54,7 +54,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(flag, dest=f"{section}.{f.name}", nargs="+", default=None, metavar="CORPUS")
             else:
                 group.add_argument(flag, dest=f"{section}.{f.name}", default=None, metavar=f.name.upper(),
-                                   type=_parse_bool if typ is bool else typ)
+                                   type=parse_bool if typ is bool else typ)
 
 
 def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -20,6 +21,25 @@ from .tokenizer import EOS_ID, Tokenizer
 
 class InputError(ValueError):
     """A text cannot be translated as given (empty, too long); the message says which and the limit."""
+
+
+class Cancelled(Exception):
+    """Decoding stopped early because `should_stop` said so (a cancelled request or a passed deadline)."""
+
+
+class _Stoppable:
+    """A StepModel that asks `should_stop()` before every decoding step: how a request stops mid-search."""
+
+    def __init__(self, model: Transformer, should_stop: Callable[[], bool]):
+        self.model, self.should_stop = model, should_stop
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def decode_step(self, prev_ids, memory, state):
+        if self.should_stop():
+            raise Cancelled("decoding stopped: the request was cancelled or its deadline passed")
+        return self.model.decode_step(prev_ids, memory, state)
 
 
 @dataclass(frozen=True)
@@ -104,14 +124,18 @@ class Translator:
             longest = longest_new
         return groups + ([current] if current else [])
 
-    def decode_batch(self, src: list[list[int]], config: DecodeConfig) -> list[list[Hypothesis]]:
+    def decode_batch(self, src: list[list[int]], config: DecodeConfig,
+                     should_stop: Callable[[], bool] | None = None) -> list[list[Hypothesis]]:
+        """Source ids (with </s>) -> n-best hypotheses each. `should_stop` is asked before every step; True raises
+        Cancelled."""
         pad = self.tokenizer.pad_id
         src_ids = torch.full((len(src), max(map(len, src))), pad, dtype=torch.long)
         for i, ids in enumerate(src):
             src_ids[i, :len(ids)] = torch.tensor(ids)
         src_ids = src_ids.to(self.device)
+        model = self.model if should_stop is None else _Stoppable(self.model, should_stop)
         with self.lock, torch.inference_mode():
-            return decode(self.model, src_ids, src_ids.eq(pad), config)
+            return decode(model, src_ids, src_ids.eq(pad), config)
 
     def detokenize(self, src: list[int], hyps: list[Hypothesis]) -> Translation:
         source_tokens = tuple(self.tokenizer.pieces(src))

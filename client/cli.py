@@ -1,0 +1,137 @@
+"""`seq2seq-client`: translate through a seq2seq server.
+
+    seq2seq-client --server localhost:50051 "Bonjour le monde." "Merci."
+    seq2seq-client --server localhost:50051 < french.txt > english.txt      # one text per line
+    seq2seq-client --server localhost:50051 --file french.txt --beam-size 8 --json
+    seq2seq-client --server localhost:50051 --health                          # exit 0 iff SERVING
+
+Errors (server down, deadline passed, input rejected) print one line on stderr and exit 1; a bad flag exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from .client import TranslatorClient
+
+# flag -> DecodingOptions field; None default = unset, the server's default applies
+OPTIONS = [("--beam-size", int, "beam size K, 1 = greedy (default 4)"),
+           ("--length-penalty", float, "α of the GNMT length penalty (default 0.6)"),
+           ("--n-best", int, "hypotheses per sentence (default 1)"),
+           ("--max-len-a", float, "max output tokens = a · source tokens + b (default a = 1)"),
+           ("--max-len-b", int, "(default b = 50)"),
+           ("--min-len", int, "tokens before the end is allowed (default 0)"),
+           ("--temperature", float, "sampling temperature (default 1.0)"),
+           ("--top-k", int, "sample among the k most probable tokens (default 0 = off)"),
+           ("--top-p", float, "nucleus sampling mass (default 1.0 = off)"),
+           ("--num-samples", int, "samples per sentence (default 1)"),
+           ("--seed", int, "sampling seed (default: random)"),
+           ("--no-repeat-ngram-size", int, "forbid repeated n-grams of this size (default 0 = off)"),
+           ("--repetition-penalty", float, "(default 1.0 = off)")]
+CHUNK = 64  # texts per request when reading many lines (the server's default --max-texts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seq2seq-client", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("texts", nargs="*", help="French texts; none = read stdin, one text per line")
+    p.add_argument("--server", default=os.environ.get("SEQ2SEQ_SERVER", "localhost:50051"),
+                   help="HOST:PORT or a gRPC target such as dns:///server:50051 (env SEQ2SEQ_SERVER)")
+    p.add_argument("--file", help="read texts from this file, one per line")
+    p.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds (default 60)")
+    p.add_argument("--api-key", default=os.environ.get("SEQ2SEQ_API_KEY", ""), help="(env SEQ2SEQ_API_KEY)")
+    p.add_argument("--tls-ca", default="", help="PEM file of the CA to trust: TLS on")
+    p.add_argument("--load-balancing", default="pick_first", choices=["pick_first", "round_robin"])
+    p.add_argument("--sample", action="store_true", help="sample instead of beam search")
+    for flag, kind, text in OPTIONS:
+        p.add_argument(flag, type=kind, default=None, help=text)
+    p.add_argument("--no-split", action="store_true", help="translate each text whole, not sentence by sentence")
+    p.add_argument("--scores", action="store_true", help="ask for scores and per-token log-probabilities")
+    p.add_argument("--json", action="store_true", help="one JSON object per text (all hypotheses, scores)")
+    p.add_argument("--stream", action="store_true", help="use TranslateStream: each result as soon as it is done")
+    p.add_argument("--health", action="store_true", help="print the health status; exit 0 iff SERVING")
+    p.add_argument("--info", action="store_true", help="print the server's ModelInfo as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    client = TranslatorClient(args.server, timeout=args.timeout, api_key=args.api_key, tls_ca=args.tls_ca,
+                              load_balancing=args.load_balancing)
+    try:
+        if args.health:
+            status = client.health()
+            print(status)
+            return 0 if status == "SERVING" else 1
+        if args.info:
+            print(json.dumps(MessageToDict(client.model_info(), preserving_proto_field_name=True), indent=2,
+                             ensure_ascii=False))
+            return 0
+        return translate(client, args)
+    except grpc.RpcError as e:
+        print(f"seq2seq-client: {describe(e, args.server)}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"seq2seq-client: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+def translate(client: TranslatorClient, args) -> int:
+    if args.texts:
+        texts = args.texts
+    else:
+        with (open(args.file, encoding="utf-8") if args.file else sys.stdin) as f:
+            texts = [line.rstrip("\n") for line in f]
+    options = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in OPTIONS}
+    options["sample"] = True if args.sample else None
+    real = [i for i, t in enumerate(texts) if t.strip()]  # blank lines pass through as blank lines
+    out = Printer(texts, args.json)
+    call = dict(options=options, return_scores=args.scores, split_sentences=False if args.no_split else None)
+    for start in range(0, len(real), CHUNK):
+        chunk = real[start:start + CHUNK]
+        if args.stream:
+            for reply in client.translate_stream([texts[i] for i in chunk], **call):
+                out.add(chunk[reply.index], reply.result)
+        else:
+            for i, result in zip(chunk, client.translate([texts[i] for i in chunk], **call).results):
+                out.add(i, result)
+    out.add(len(texts), None)  # trailing blank lines
+    return 0
+
+
+class Printer:
+    """Prints results in input order as soon as every earlier one is out (streams arrive in completion order)."""
+
+    def __init__(self, texts: list[str], as_json: bool):
+        self.texts, self.as_json, self.next, self.ready = texts, as_json, 0, {}
+
+    def add(self, i: int, result) -> None:
+        self.ready[i] = result
+        while self.next < len(self.texts) and (self.next in self.ready or not self.texts[self.next].strip()):
+            result = self.ready.pop(self.next, None)
+            if self.as_json:
+                fields = MessageToDict(result, preserving_proto_field_name=True) if result is not None else {}
+                print(json.dumps({"index": self.next, "text": "", **fields}, ensure_ascii=False), flush=True)
+            else:
+                print(result.text if result is not None else "", flush=True)
+            self.next += 1
+
+
+def describe(error: grpc.RpcError, server: str) -> str:
+    code, details = error.code(), error.details()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"cannot reach a serving translator at {server} (UNAVAILABLE: {details})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the deadline passed before {server} answered (DEADLINE_EXCEEDED)"
+    return f"{code.name}: {details}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

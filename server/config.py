@@ -1,0 +1,68 @@
+"""ServerConfig: every `seq2seq-serve` flag, each also readable from an environment variable SEQ2SEQ_<FLAG>
+(`--batch-window-ms` ↔ SEQ2SEQ_BATCH_WINDOW_MS); a flag given on the command line wins over the environment."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+
+from seq2seq.options import parse_bool
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 50051  # 0 = any free port (tests)
+    model: str = ""  # checkpoint file or model directory; "" = the shipped default model under models/
+    device: str = "auto"  # auto | cpu | cuda[:n]; auto = CUDA when available
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 (CPU with bf16 matmuls, or CUDA), else fp32
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    batch_window_ms: float = 5.0  # how long the first queued request waits for others to share its batch; 0 = no
+    max_batch_tokens: int = 4096  # padded source tokens per decoding batch
+    max_queue: int = 256  # requests waiting to be decoded; more get RESOURCE_EXHAUSTED
+    workers: int = 64  # gRPC handler threads (requests in progress at once)
+    max_texts: int = 64  # texts per request
+    max_chars: int = 5000  # characters per text
+    max_tokens: int = 256  # SentencePiece tokens per sentence (after splitting)
+    max_beam_size: int = 16  # limit on beam_size, num_samples and n_best
+    max_message_bytes: int = 4 * 1024 * 1024  # request size
+    grace_s: float = 20.0  # on SIGTERM, how long in-flight requests may take to finish
+    metrics_port: int = 9090  # Prometheus /metrics over HTTP; -1 = off, 0 = any free port
+    metrics_host: str = "0.0.0.0"
+    tls_cert: str = ""  # PEM certificate chain and key: both set = TLS, else plaintext
+    tls_key: str = ""
+    api_keys: str = ""  # comma-separated; non-empty = clients must send metadata x-api-key with one of them
+    reflection: bool = True
+    log_format: str = "json"  # json (one object per line) | text
+
+    def __post_init__(self) -> None:
+        if self.batch_window_ms < 0 or self.max_batch_tokens < 1 or self.max_queue < 1 or self.workers < 1:
+            raise ValueError("batch_window_ms must be >= 0; max_batch_tokens, max_queue and workers >= 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"log_format must be json or text, got {self.log_format!r}")
+
+
+def _env_name(field_name: str) -> str:
+    return "SEQ2SEQ_" + field_name.upper()
+
+
+def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    parser = argparse.ArgumentParser(
+        prog="seq2seq-serve", description="The gRPC French→English translation server (proto/translation/v1).",
+        epilog="Every flag can also be set by an environment variable SEQ2SEQ_<NAME>, e.g. SEQ2SEQ_PORT=50051.")
+    for f in fields(ServerConfig):
+        kind = {"int": int, "float": float, "str": str, "bool": parse_bool}[f.type]
+        default = os.environ.get(_env_name(f.name))
+        try:
+            default = f.default if default is None else kind(default)
+        except (ValueError, argparse.ArgumentTypeError):
+            parser.error(f"environment variable {_env_name(f.name)}={default!r} is not a valid {f.type}")
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
+                            help=f"(env {_env_name(f.name)}, default {f.default!r})")
+    args = parser.parse_args(argv)
+    try:
+        return ServerConfig(**vars(args))
+    except ValueError as e:
+        parser.error(str(e))

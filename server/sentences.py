@@ -1,0 +1,45 @@
+"""Long texts are translated sentence by sentence and joined back, keeping the line structure.
+
+The model was trained on single sentences, so a paragraph in one piece would run past what it learned. Sentences
+come from the Moses splitter (`sentence-splitter`: French non-breaking prefixes such as "M." and "Dr.", the rule
+set MT pipelines use); lines are kept as lines, blank ones included.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each sentence of a text sits: lines[i] = the number of sentences on line i (0 for a blank line)."""
+
+    lines: tuple[int, ...]
+
+
+@lru_cache(maxsize=1)
+def _splitter():
+    from sentence_splitter import SentenceSplitter  # imported on first use: the server's start stays fast
+
+    return SentenceSplitter(language="fr")
+
+
+def split(text: str, sentences: bool = True) -> tuple[list[str], Layout]:
+    """text -> (its non-empty sentences in order, the layout to join their translations back)."""
+    out, counts = [], []
+    for line in text.split("\n"):
+        parts = [p for p in (_splitter().split(line) if sentences else [line.strip()]) if p.strip()]
+        out.extend(parts)
+        counts.append(len(parts))
+    if not out and text.strip():  # nothing the splitter kept: the text as one sentence
+        return [text.strip()], Layout((1,))
+    return out, Layout(tuple(counts))
+
+
+def join(translations: list[str], layout: Layout) -> str:
+    """The inverse of `split`: sentences of a line joined by a space, lines by newlines."""
+    lines, i = [], 0
+    for n in layout.lines:
+        lines.append(" ".join(translations[i:i + n]))
+        i += n
+    return "\n".join(lines)

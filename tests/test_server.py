@@ -1,0 +1,358 @@
+"""The gRPC service on loopback: a real server bound to port 0 with the tiny copy-task model.
+
+Covers issue 4's list: gRPC results equal offline Translator results; 200 concurrent requests batched together;
+every class of bad input gets its status code (and a property-based test never sees UNKNOWN or INTERNAL);
+cancellation and deadlines stop decoding; SIGTERM drains in-flight requests and exits 0; reflection.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from client import TranslatorClient
+from client.translation.v1 import translator_pb2 as pb
+from seq2seq.config import DecodeConfig
+from seq2seq.translator import Translator
+from server.app import Server
+from server.config import ServerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = ["ba ce di fo ga", "ka", "co fi gu ke ba bo de", "da bu", "me ni po ra", "sa te lu", "fa ge hi ko mu na"]
+CONFIG = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, batch_window_ms=20, max_tokens=40, max_texts=8,
+                      max_chars=200, max_beam_size=8, max_queue=256, grace_s=5)
+
+
+def start(translator: Translator, **overrides) -> Server:
+    server = Server(replace(CONFIG, **overrides), translator).start()
+    assert server.wait_ready(30), server.load_error
+    return server
+
+
+@pytest.fixture(scope="module")
+def translator(copy_model) -> Translator:
+    return Translator.from_checkpoint(copy_model / "best.pt", device="cpu", max_input_tokens=40)
+
+
+@pytest.fixture(scope="module")
+def server(translator):
+    server = start(translator)
+    yield server
+    server.stop(grace=0)
+
+
+@pytest.fixture()
+def client(server):
+    with TranslatorClient(f"127.0.0.1:{server.port}", timeout=30) as c:
+        yield c
+
+
+def health(port: int) -> str:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+# ---- results equal the offline Translator ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", [dict(beam_size=4, n_best=2), dict(beam_size=1),
+                                     dict(sample=True, seed=7, temperature=1.5, top_k=5, num_samples=2, n_best=2)])
+def test_results_over_grpc_equal_offline_translator(client, translator, options):
+    reply = client.translate(TEXTS, options, return_scores=True)
+    offline = translator.translate(TEXTS, DecodeConfig(**options))
+    assert len(reply.results) == len(TEXTS)
+    for result, expected in zip(reply.results, offline):
+        [sentence] = result.sentences
+        assert result.text == expected.text
+        assert [h.text for h in sentence.hypotheses] == [t.text for t in (expected, *expected.alternatives)]
+        best = sentence.hypotheses[0]
+        assert best.score == pytest.approx(expected.score, abs=1e-4)
+        assert list(best.tokens) == list(expected.tokens)
+        assert list(best.token_log_probs) == pytest.approx(expected.token_log_probs, abs=1e-4)
+
+
+def test_stream_sends_every_text_once_with_the_same_results(client, translator):
+    replies = list(client.translate_stream(TEXTS, {"beam_size": 4}))
+    assert sorted(r.index for r in replies) == list(range(len(TEXTS)))
+    offline = translator.translate(TEXTS, DecodeConfig(beam_size=4))
+    assert {r.index: r.result.text for r in replies} == {i: t.text for i, t in enumerate(offline)}
+
+
+def test_sentences_are_split_and_joined_back_with_newlines(client, translator):
+    text = "Ba ce di. Fo ga ka!\n\nDa bu me?"
+    [result] = client.translate([text]).results
+    assert [s.source for s in result.sentences] == ["Ba ce di.", "Fo ga ka!", "Da bu me?"]
+    parts = [t.text for t in translator.translate(["Ba ce di.", "Fo ga ka!", "Da bu me?"])]
+    assert result.text == f"{parts[0]} {parts[1]}\n\n{parts[2]}"
+    [whole] = client.translate([text], split_sentences=False).results
+    assert len(whole.sentences) == 2  # no sentence splitting, but lines stay lines
+
+
+def test_200_concurrent_requests_succeed_equal_offline_and_share_batches(server, translator):
+    texts = [" ".join(TEXTS[i % 7].split()[: 1 + i % 4]) + f" {TEXTS[(i * 3) % 7].split()[0]}" for i in range(200)]
+    expected = {t: r.text for t, r in zip(texts, translator.translate(texts, DecodeConfig(beam_size=2)))}
+    batches_before = server.metrics.value("seq2seq_decode_batches_total")
+    with TranslatorClient(f"127.0.0.1:{server.port}", timeout=60) as c, ThreadPoolExecutor(50) as pool:
+        replies = list(pool.map(lambda t: c.translate([t], {"beam_size": 2}).results[0].text, texts))
+    assert replies == [expected[t] for t in texts]
+    batches = server.metrics.value("seq2seq_decode_batches_total") - batches_before
+    assert 0 < batches < 200 / 2, f"{batches} decoding batches for 200 requests: batching did not happen"
+
+
+def test_without_a_batch_window_each_request_is_its_own_batch(translator):
+    server = start(translator, batch_window_ms=0)
+    try:
+        with TranslatorClient(f"127.0.0.1:{server.port}") as c:
+            for text in TEXTS[:3]:
+                c.translate([text])
+        assert server.metrics.value("seq2seq_decode_batches_total") == 3
+    finally:
+        server.stop(grace=0)
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------------
+
+BAD = [  # (texts, options, status code, message pattern)
+    ([], {}, "INVALID_ARGUMENT", "texts is empty; send 1 to 8 texts"),
+    (["ba", " \n "], {}, "INVALID_ARGUMENT", "text 1 is empty"),
+    (["ba"] * 9, {}, "INVALID_ARGUMENT", "9 texts in one request; the limit is 8"),
+    (["ba " * 70], {}, "INVALID_ARGUMENT", "text 0 has 210 characters; the limit is 200"),
+    (["ba ce " * 30], {}, "INVALID_ARGUMENT", r"text 0 has a sentence of \d+ tokens .*the limit is 40 per sentence"),
+    (["ba"], {"beam_size": 0}, "INVALID_ARGUMENT", "beam_size must be >= 1, got 0"),
+    (["ba"], {"beam_size": 9}, "INVALID_ARGUMENT", "beam_size must be <= 8 on this server, got 9"),
+    (["ba"], {"beam_size": 2, "n_best": 3}, "INVALID_ARGUMENT", r"n_best \(3\) must be <= beam_size \(2\)"),
+    (["ba"], {"sample": True, "top_p": 1.5}, "INVALID_ARGUMENT", r"top_p must be in \(0, 1\], got 1.5"),
+    (["ba"], {"sample": True, "temperature": -1}, "INVALID_ARGUMENT", "temperature must be > 0, got -1"),
+    (["ba"], {"temperature": float("nan")}, "INVALID_ARGUMENT", "temperature must be a finite number, got nan"),
+    (["ba"], {"max_len_a": 10}, "INVALID_ARGUMENT", r"max_len_a must be in \[0, 4.0\]"),
+]
+
+
+@pytest.mark.parametrize("texts, options, code, message", BAD, ids=[b[3][:30] for b in BAD])
+def test_bad_input_gets_its_status_code_and_message(server, client, texts, options, code, message):
+    with pytest.raises(grpc.RpcError) as e:
+        client.translate(texts, options)
+    assert e.value.code().name == code
+    assert re.search(message, e.value.details()), e.value.details()
+    assert health(server.port) == "SERVING"
+
+
+def test_an_oversized_message_is_resource_exhausted(translator):
+    server = start(translator, max_message_bytes=1000)
+    try:
+        with TranslatorClient(f"127.0.0.1:{server.port}") as c, pytest.raises(grpc.RpcError) as e:
+            c.translate(["ba " * 500])
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert health(server.port) == "SERVING"
+    finally:
+        server.stop(grace=0)
+
+
+def test_api_keys_unauthenticated_without_a_valid_key_and_health_stays_open(translator):
+    server = start(translator, api_keys="k1,k2")
+    target = f"127.0.0.1:{server.port}"
+    try:
+        for key, message in (("", "missing API key"), ("nope", "invalid API key")):
+            with TranslatorClient(target, api_key=key) as c, pytest.raises(grpc.RpcError) as e:
+                c.translate(["ba"])
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and message in e.value.details()
+        with TranslatorClient(target, api_key="k2") as c:
+            assert c.translate(["ba"]).results[0].text
+            assert c.health() == "SERVING"
+    finally:
+        server.stop(grace=0)
+
+
+printable = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
+finite_or_not = st.floats(width=32, allow_nan=True, allow_infinity=True)
+option_values = st.fixed_dictionaries({}, optional={
+    "beam_size": st.integers(0, 20), "length_penalty": finite_or_not, "n_best": st.integers(0, 10),
+    "max_len_a": finite_or_not, "max_len_b": st.integers(0, 2000), "min_len": st.integers(0, 2000),
+    "sample": st.booleans(), "temperature": finite_or_not, "top_k": st.integers(0, 2 ** 32 - 1),
+    "top_p": finite_or_not, "num_samples": st.integers(0, 20), "seed": st.integers(0, 2 ** 64 - 1),
+    "no_repeat_ngram_size": st.integers(0, 2 ** 32 - 1), "repetition_penalty": finite_or_not})
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(printable, max_size=10), options=option_values, scores=st.booleans(),
+       attention=st.booleans(), split=st.sampled_from([None, True, False]))
+def test_random_requests_never_get_unknown_or_internal(client, texts, options, scores, attention, split):
+    try:
+        reply = client.translate(texts, options, return_scores=scores, return_attention=attention,
+                                 split_sentences=split)
+    except grpc.RpcError as e:
+        assert e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED), e.details()
+    else:
+        assert len(reply.results) == len(texts)
+
+
+# ---- cancellation, deadlines, shutdown -------------------------------------------------------------------------------
+
+class SlowModel:
+    """The real model, but each decoding step takes 20 ms and is counted: makes stopping observable."""
+
+    def __init__(self, model):
+        self.model, self.steps = model, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def decode_step(self, *args):
+        self.steps += 1
+        time.sleep(0.02)
+        return self.model.decode_step(*args)
+
+
+LONG = {"beam_size": 1, "min_len": 400, "max_len_b": 1000}  # 400+ steps: 8+ s unless stopped
+
+
+@pytest.fixture()
+def slow_server(copy_model):
+    translator = Translator.from_checkpoint(copy_model / "best.pt", device="cpu")
+    translator.model = SlowModel(translator.model)
+    translator.translate(["ba"], DecodeConfig(beam_size=1))  # the server's warm-up, done here to count from 0 after
+    server = start(translator, batch_window_ms=0, max_queue=1)
+    yield server, translator.model
+    server.stop(grace=0)
+
+
+def test_an_expired_deadline_stops_decoding(slow_server):
+    server, model = slow_server
+    model.steps = 0
+    with TranslatorClient(f"127.0.0.1:{server.port}", timeout=0.5) as c, pytest.raises(grpc.RpcError) as e:
+        c.translate(["ba ce"], LONG)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(0.3)
+    stopped_at = model.steps
+    time.sleep(0.3)
+    assert model.steps == stopped_at < 60, "decoding went on after the deadline"
+    assert health(server.port) == "SERVING"
+
+
+def test_a_cancelled_request_stops_decoding_and_a_full_queue_is_resource_exhausted(slow_server):
+    server, model = slow_server
+    model.steps = 0
+    with TranslatorClient(f"127.0.0.1:{server.port}", timeout=30) as c:
+        future = c.stub.Translate.future(c.request(["ba ce"], LONG))
+        time.sleep(0.3)  # decoding
+        second = c.stub.Translate.future(c.request(["ba"], LONG))  # waits in the queue (max_queue 1)
+        time.sleep(0.1)
+        with pytest.raises(grpc.RpcError) as e:  # a third one finds the queue full
+            c.translate(["da"])
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the limit is 1" in e.value.details()
+        second.cancel()
+        future.cancel()
+        time.sleep(0.3)
+        stopped_at = model.steps
+        time.sleep(0.3)
+        assert model.steps == stopped_at < 60, "decoding went on after the cancel"
+        assert c.translate(["da"], {"beam_size": 1}).results[0].text  # and the server goes on
+    assert future.cancelled() and second.cancelled()
+
+
+def test_sigterm_finishes_in_flight_requests_goes_not_serving_and_exits_0(copy_model):
+    env = dict(os.environ, SEQ2SEQ_MODEL=str(copy_model / "best.pt"), SEQ2SEQ_PORT="0", SEQ2SEQ_METRICS_PORT="-1",
+               SEQ2SEQ_HOST="127.0.0.1", SEQ2SEQ_THREADS="1", SEQ2SEQ_PRECISION="fp32")
+    proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        logs = []
+        for line in proc.stderr:
+            logs.append(json.loads(line))
+            if logs[-1]["message"] == "serving":
+                break
+        port = next(entry["port"] for entry in logs if entry["message"] == "listening")
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+        assert health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status) == "SERVING"
+        with TranslatorClient(f"127.0.0.1:{port}", timeout=60) as c, ThreadPoolExecutor(4) as pool:
+            options = {"beam_size": 4, "min_len": 150, "max_len_b": 200}
+            futures = [pool.submit(c.translate, [t], options) for t in TEXTS[:4]]
+            time.sleep(0.5)  # in flight
+            proc.send_signal(signal.SIGTERM)
+            assert health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status) == "NOT_SERVING"
+            watch.cancel()
+            results = [f.result() for f in futures]
+        assert all(len(r.results[0].text.split()) >= 10 for r in results)
+        assert proc.wait(timeout=30) == 0
+        assert any(json.loads(line)["message"] == "stopped" for line in proc.stderr.read().splitlines())
+    finally:
+        proc.kill()
+
+
+# ---- reflection ----------------------------------------------------------------------------------------------------
+
+def test_a_generic_reflection_client_lists_and_calls_the_service_without_our_stubs(server):
+    from google.protobuf import descriptor_pool, json_format, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        assert {"translation.v1.Translator", "grpc.health.v1.Health"} <= services
+        pool = descriptor_pool.DescriptorPool(database)
+        method = pool.FindServiceByName("translation.v1.Translator").methods_by_name["Translate"]
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        assert request_class is not pb.TranslateRequest
+        call = channel.unary_unary("/translation.v1.Translator/Translate",
+                                   request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=response_class.FromString)
+        reply = call(json_format.ParseDict({"texts": ["ba ce"], "options": {"beam_size": 1}}, request_class()),
+                     timeout=10)
+        assert json_format.MessageToDict(reply)["results"][0]["text"]
+
+
+# ---- the client command line ---------------------------------------------------------------------------------------
+
+def run_client(args: list[str], stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "client.cli", *args], input=stdin, capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+
+
+def test_client_cli_translates_stdin_lines_in_order_keeping_blank_lines(server, translator):
+    lines = ["ba ce di", "", "ka", "co fi gu"]
+    for extra in ([], ["--stream"]):
+        r = run_client(["--server", f"127.0.0.1:{server.port}", *extra], "\n".join(lines) + "\n")
+        assert r.returncode == 0, r.stderr
+        expected = [t.text for t in translator.translate(["ba ce di", "ka", "co fi gu"])]
+        assert r.stdout.splitlines() == [expected[0], "", expected[1], expected[2]]
+
+
+def test_client_cli_json_health_and_info(server):
+    target = ["--server", f"127.0.0.1:{server.port}"]
+    r = run_client([*target, "--json", "--scores", "--beam-size", "2", "--n-best", "2", "ba ce"])
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["index"] == 0 and len(out["sentences"][0]["hypotheses"]) == 2
+    assert out["sentences"][0]["hypotheses"][0]["tokens"][-1] == "</s>"
+    r = run_client([*target, "--health"])
+    assert r.returncode == 0 and r.stdout.strip() == "SERVING"
+    info = json.loads(run_client([*target, "--info"]).stdout)
+    assert info["source_language"] == "fr" and info["limits"]["max_texts"] == 8 and ":" in info["server_instance"]
+
+
+def test_client_cli_fails_in_one_line_when_the_server_is_down_or_rejects(server):
+    r = run_client(["--server", "127.0.0.1:1", "--timeout", "5", "ba"])
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("seq2seq-client: cannot reach a serving translator at 127.0.0.1:1")
+    r = run_client(["--server", f"127.0.0.1:{server.port}", "--beam-size", "0", "ba"])
+    assert r.returncode == 1 and r.stderr == "seq2seq-client: INVALID_ARGUMENT: beam_size must be >= 1, got 0\n"
+
+
+def test_client_imports_no_torch():
+    r = subprocess.run([sys.executable, "-c", "import sys, client.cli; print('torch' in sys.modules)"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.stdout.strip() == "False", r.stderr
