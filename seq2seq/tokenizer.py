@@ -79,3 +79,7 @@ class Tokenizer:
     def pieces(self, ids: Iterable[int]) -> list[str]:
         """Ids -> their surface pieces (for attention maps); <pad> shows as '<pad>'."""
         return ["<pad>" if i == self.pad_id else self.sp.id_to_piece(int(i)) for i in ids]
+
+    def piece_ids(self, pieces: Iterable[str]) -> list[int]:
+        """The mirror of `pieces`: surface pieces -> ids (a piece not in the vocabulary gets <unk>)."""
+        return [self.pad_id if p == "<pad>" else self.sp.piece_to_id(p) for p in pieces]

@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from .attention_maps import AttentionMaps, attention_maps
 from .checkpoint import load_model
 from .config import DecodeConfig
 from .decoding import Hypothesis, decode
@@ -148,3 +149,11 @@ class Translator:
         best = out[0]
         return Translation(best.text, best.score, best.tokens, best.token_log_probs, best.source_tokens,
                            best.attention, tuple(out[1:]))
+
+    def attention_maps(self, translation: Translation) -> AttentionMaps:
+        """Every attention map of one translation (its best hypothesis; pass an alternative for another one),
+        recomputed by one teacher-forced pass over its source and output pieces."""
+        src_ids = self.tokenizer.piece_ids(translation.source_tokens)
+        out_ids = self.tokenizer.piece_ids(translation.tokens)
+        with self.lock:
+            return attention_maps(self.model, src_ids, out_ids, translation.source_tokens, translation.tokens)
