@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", action="store_true", help="ask for scores and per-token log-probabilities")
     p.add_argument("--json", action="store_true", help="one JSON object per text (all hypotheses, scores)")
     p.add_argument("--stream", action="store_true", help="use TranslateStream: each result as soon as it is done")
+    p.add_argument("--attention", metavar="FILE.png",
+                   help="draw the first sentence's attention as a heatmap (matplotlib)")
+    p.add_argument("--attention-html", metavar="FILE.html",
+                   help="write the first sentence's attention maps as one self-contained HTML viewer")
+    p.add_argument("--kind", default="cross", choices=["cross", "decoder_self", "encoder_self"],
+                   help="which attention --attention draws (default cross)")
+    p.add_argument("--layer", type=int, default=None, help="layer for --attention, 0-based (default: the last)")
+    p.add_argument("--head", type=int, default=None, help="head for --attention, 0-based (default: the average)")
     p.add_argument("--health", action="store_true", help="print the health status; exit 0 iff SERVING")
     p.add_argument("--info", action="store_true", help="print the server's ModelInfo as JSON")
     return p
@@ -93,7 +101,9 @@ def translate(client: TranslatorClient, args) -> int:
     options["sample"] = True if args.sample else None
     real = [i for i, t in enumerate(texts) if t.strip()]  # blank lines pass through as blank lines
     out = Printer(texts, args.json)
-    call = dict(options=options, return_scores=args.scores, split_sentences=False if args.no_split else None)
+    want_attention = bool(args.attention or args.attention_html)
+    call = dict(options=options, return_scores=args.scores, return_attention=want_attention,
+                split_sentences=False if args.no_split else None)
     for start in range(0, len(real), CHUNK):
         chunk = real[start:start + CHUNK]
         if args.stream:
@@ -103,7 +113,21 @@ def translate(client: TranslatorClient, args) -> int:
             for i, result in zip(chunk, client.translate([texts[i] for i in chunk], **call).results):
                 out.add(i, result)
     out.add(len(texts), None)  # trailing blank lines
+    if want_attention and out.first is not None:
+        draw_attention(out.first[1], args)
     return 0
+
+
+def draw_attention(result, args) -> None:
+    """The attention of the first text's first sentence (best hypothesis), as PNG and/or HTML."""
+    from .attention_view import write_html, write_png
+
+    sentence = result.sentences[0]
+    attention = MessageToDict(sentence.hypotheses[0].attention, preserving_proto_field_name=True)
+    if args.attention:
+        write_png(attention, args.attention, layer=args.layer, head=args.head, kind=args.kind)
+    if args.attention_html:
+        write_html(attention, args.attention_html, title=f"{sentence.source} → {sentence.hypotheses[0].text}")
 
 
 class Printer:
@@ -111,9 +135,12 @@ class Printer:
 
     def __init__(self, texts: list[str], as_json: bool):
         self.texts, self.as_json, self.next, self.ready = texts, as_json, 0, {}
+        self.first = None  # (index, result) of the first text
 
     def add(self, i: int, result) -> None:
         self.ready[i] = result
+        if result is not None and (self.first is None or i < self.first[0]):
+            self.first = (i, result)
         while self.next < len(self.texts) and (self.next in self.ready or not self.texts[self.next].strip()):
             result = self.ready.pop(self.next, None)
             if self.as_json:

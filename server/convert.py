@@ -59,13 +59,3 @@ def hypothesis(t: Translation, return_scores: bool, attention: pb.Attention | No
         h.attention.CopyFrom(attention)
     return h
 
-
-def cross_average(t: Translation) -> pb.Attention | None:
-    """The decoder's own record (last layer, heads averaged), when no full maps were computed."""
-    if t.attention is None:
-        return None
-    rows, cols = len(t.attention), len(t.source_tokens)
-    weights = [w for row in t.attention for w in row]
-    att = pb.Attention(source_tokens=t.source_tokens, target_tokens=t.tokens)
-    att.cross_average.CopyFrom(pb.AttentionMap(layer=0, head=-1, rows=rows, cols=cols, weights=weights))
-    return att

@@ -100,7 +100,7 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
     def _attention(translator: Translator, t, request: pb.TranslateRequest) -> pb.Attention | None:
         if not request.return_attention:
             return None
-        return convert.cross_average(t)
+        return pb.Attention(**translator.attention_maps(t).to_dict())  # every layer and head, words, alignment
 
     @contextmanager
     def _rpc(self, method: str, context):

@@ -356,3 +356,21 @@ def test_client_imports_no_torch():
     r = subprocess.run([sys.executable, "-c", "import sys, client.cli; print('torch' in sys.modules)"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_attention_maps_over_grpc_and_the_client_pictures(server, client, translator, tmp_path):
+    [result] = client.translate(["ba ce di"], {"beam_size": 2}, return_attention=True).results
+    attention = result.sentences[0].hypotheses[0].attention
+    config = translator.model.config
+    assert len(attention.cross) == len(attention.decoder_self) == config.n_layers * config.n_heads
+    rows, cols = len(attention.target_tokens), len(attention.source_tokens)
+    for m in [attention.cross_average, *attention.cross, *attention.decoder_self, *attention.encoder_self]:
+        sums = [sum(m.weights[r * m.cols:(r + 1) * m.cols]) for r in range(m.rows)]
+        assert sums == pytest.approx([1.0] * m.rows, abs=1e-5)
+    assert (attention.cross_average.rows, attention.cross_average.cols) == (rows, cols)
+    assert len(attention.alignment) == len(attention.target_words)
+    png, html = tmp_path / "a.png", tmp_path / "a.html"
+    r = run_client(["--server", f"127.0.0.1:{server.port}", "--attention", str(png), "--attention-html", str(html),
+                    "ba ce di"])
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "<script" in html.read_text()
