@@ -1,0 +1,59 @@
+# The translation server (and its client): torch, this project with its gRPC stubs, and the shipped model.
+#
+#   docker compose up --build          # public base image; packages from PyPI, torch from the PyTorch CPU index
+#   make compose-test                  # offline: a local base image and the wheels in docker/wheels/
+#
+# Where packages come from: when docker/wheels/ holds wheels (scripts/compose_test.sh downloads them on the host,
+# the folder is gitignored), pip installs from there only, with --no-index: the build then needs no network,
+# which the project's machines do not give to containers. When it is empty (a fresh clone), pip uses the indexes.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+# PyPI's torch for Linux is the CUDA build (several GB with its nvidia-* packages), so the CPU image takes torch
+# from the PyTorch CPU index. The GPU variant (docker-compose.gpu.yml) sets this to PyPI.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+# A virtual environment: Debian's own python3 (the local base image) refuses system-wide pip installs (PEP 668).
+# The server runs as an unprivileged user.
+RUN python3 -m venv /opt/venv && useradd --create-home --uid 10001 app
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+
+# 1. torch first and pinned, in its own layer: the largest part, and the one that changes least.
+RUN --mount=type=bind,source=docker/wheels,target=/wheels \
+    if ls /wheels/*.whl >/dev/null 2>&1; then from="--no-index --find-links /wheels"; \
+    else from="--index-url $TORCH_INDEX_URL"; fi; \
+    pip install $from torch==2.13.0
+
+# 2. The other dependencies (build system, base and `serve` extra), read from pyproject.toml alone, so that a
+#    change of the code does not reinstall them.
+COPY pyproject.toml README.md ./
+RUN --mount=type=bind,source=docker/wheels,target=/wheels \
+    if ls /wheels/*.whl >/dev/null 2>&1; then from="--no-index --find-links /wheels"; else from=""; fi; \
+    python3 -c 'import tomllib; t = tomllib.load(open("pyproject.toml", "rb")); \
+print(*t["build-system"]["requires"], *t["project"]["dependencies"], \
+*t["project"]["optional-dependencies"]["serve"], sep="\n")' >/tmp/requirements.txt && \
+    pip install $from -r /tmp/requirements.txt && rm /tmp/requirements.txt
+
+# 3. The code, the stubs generated from proto/ (the command of `make proto`) and the project itself, installed
+#    editable with what step 2 installed: the code stays in /app, where seq2seq.checkpoint.default_model() looks
+#    for models/. The [s] lets the image build before a model is shipped (then set SEQ2SEQ_MODEL and mount one).
+COPY proto ./proto
+COPY seq2seq ./seq2seq
+COPY server ./server
+COPY client ./client
+COPY model[s] ./models
+RUN python -m grpc_tools.protoc --proto_path=client=proto --python_out=. --pyi_out=. --grpc_python_out=. \
+        client/translation/v1/translator.proto && \
+    pip install --no-deps --no-build-isolation -e .
+
+USER app
+# Every server flag is also an environment variable; these listen on all interfaces of the container.
+ENV SEQ2SEQ_HOST=0.0.0.0 \
+    SEQ2SEQ_PORT=50051 \
+    SEQ2SEQ_METRICS_PORT=9090
+EXPOSE 50051 9090
+CMD ["seq2seq-serve"]
