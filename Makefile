@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv proto test test-fast clean
+.PHONY: venv proto test test-fast compose-test clean
 
 # torch first, pinned: 2.13.0 is the CPU build that lies on this disk; a bare `torch` would pull a CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -27,6 +27,11 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" tests
+
+# `docker compose up` for real (one server, then two replicas): sets up Docker as on the project's machines
+# (root, no Docker Hub), builds the image offline and checks that translations come back; see the script.
+compose-test:
+	bash scripts/compose_test.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
