@@ -6,7 +6,8 @@ same DecodeConfig (only those can share a search) until `max_batch_tokens` sourc
 their sentences together in length-sorted groups (Translator.batches) and hands each sentence's hypotheses back to
 its job as soon as its group is done, which is what TranslateStream sends on.
 
-A job whose client cancelled or whose deadline passed is dropped before decoding; during decoding, a group stops at
+With `window_s` = 0, cross-request batching is off: each request is decoded on its own (its own sentences still
+share batches). A job whose client cancelled or whose deadline passed is dropped before decoding; during decoding, a group stops at
 the next step once none of its jobs is still wanted. Results do not depend on batching: a batch decodes exactly as
 its sentences one at a time (tests/test_decoding.py), and seeded sampling draws per sentence.
 """
@@ -119,6 +120,10 @@ class Batcher:
                     if left <= 0 or self._compatible_tokens(first) >= self.max_batch_tokens:
                         break
                     self.cond.wait(left)
+                if self.window_s == 0:  # cross-request batching off: one request per batch
+                    self.jobs.remove(first)
+                    self._gauge()
+                    return [first]
                 taken, tokens = [], 0
                 for job in list(self.jobs):
                     if job.config == first.config and (not taken or tokens + job.tokens() <= self.max_batch_tokens):

@@ -116,10 +116,10 @@ def test_200_concurrent_requests_succeed_equal_offline_and_share_batches(server,
 def test_without_a_batch_window_each_request_is_its_own_batch(translator):
     server = start(translator, batch_window_ms=0)
     try:
-        with TranslatorClient(f"127.0.0.1:{server.port}") as c:
-            for text in TEXTS[:3]:
-                c.translate([text])
-        assert server.metrics.value("seq2seq_decode_batches_total") == 3
+        with TranslatorClient(f"127.0.0.1:{server.port}") as c, ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda t: c.translate([t]).results[0].text, TEXTS * 4))
+        assert replies == [t.text for t in translator.translate(TEXTS * 4)]
+        assert server.metrics.value("seq2seq_decode_batches_total") == len(TEXTS) * 4
     finally:
         server.stop(grace=0)
 
