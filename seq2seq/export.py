@@ -1,4 +1,5 @@
-"""`seq2seq-export --format marian|ctranslate2 --out DIR`: a Hugging Face MarianMTModel folder, or a CTranslate2 model.
+"""`seq2seq-export --format marian|ctranslate2|seq2seq --out DIR`: a Hugging Face MarianMTModel folder, a CTranslate2
+model, or our own shipped form (model.safetensors in fp16, spm.model, config.json: what models/ holds).
 
 The Marian folder loads with `transformers.MarianMTModel.from_pretrained(DIR)` / `MarianTokenizer.from_pretrained(DIR)`
 and gives our logits exactly. It maps one-to-one because our model follows Marian's conventions: [sin | cos]
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, load_model, save_model_dir
 from .options import add_model_flags
 from .model import Transformer
 from .tokenizer import Tokenizer
@@ -162,7 +163,14 @@ def export_ctranslate2(model: Transformer, tokenizer: Tokenizer, out: str | Path
     return out
 
 
-EXPORTERS = {"marian": export_marian, "ctranslate2": export_ctranslate2}
+def export_seq2seq(model: Transformer, tokenizer: Tokenizer, out: str | Path) -> Path:
+    """Weights in fp16 (half the size; bf16/fp32 inference casts them back), tokenizer and model config."""
+    payload = {"model": model.state_dict(), "configs": {"model": model.config.to_dict()},
+               "tokenizer": tokenizer.model_proto}
+    return save_model_dir(payload, check_out(out))
+
+
+EXPORTERS = {"marian": export_marian, "ctranslate2": export_ctranslate2, "seq2seq": export_seq2seq}
 
 
 def main(argv: list[str] | None = None) -> int:

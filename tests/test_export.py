@@ -137,3 +137,22 @@ def test_out_must_be_new_or_empty(copy_model, tmp_path):
     assert (tmp_path / "empty" / "config.json").exists()
     with pytest.raises(ValueError, match="not an empty directory"):
         export_marian(model, tok, tmp_path / "empty")
+
+
+def test_shipped_form_round_trip_fp16_weights_same_translations_and_clear_errors(copy_model, tmp_path):
+    out = tmp_path / "shipped"
+    assert export_main(["--model", str(copy_model / "best.pt"), "--format", "seq2seq", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "spm.model"]
+    (model, _), (shipped, _) = load_model(copy_model / "best.pt"), load_model(out)
+    for name, weight in model.state_dict().items():  # fp16 on disk: each weight within fp16 rounding
+        assert torch.allclose(shipped.state_dict()[name], weight, rtol=1e-3, atol=1e-4), name
+    texts = ["ba ce di fo ga", "ka", "co fi gu ke ba bo de"]
+    a = Translator.from_checkpoint(copy_model / "best.pt", device="cpu").translate(texts)
+    b = Translator.from_checkpoint(out, device="cpu").translate(texts)
+    assert [t.text for t in a] == [t.text for t in b]
+    (out / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ckpt.CheckpointError, match="corrupt or unreadable model in"):
+        load_model(out)
+    (out / "spm.model").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="has no spm.model"):
+        load_model(out)
