@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv proto test test-fast compose-test clean
+.PHONY: venv proto run serve demo test test-fast compose-test clean
 
 # torch first, pinned: 2.13.0 is the CPU build that lies on this disk; a bare `torch` would pull a CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -21,6 +21,16 @@ $(STUBS): proto/translation/v1/translator.proto $(VENV)/.installed
 proto: $(STUBS)
 
 venv: $(VENV)/.installed $(STUBS)
+
+# The service with the shipped default model: start it, show one translation through the client, keep serving.
+run: venv
+	bash scripts/run.sh
+
+serve: venv
+	$(VENV)/bin/seq2seq-serve
+
+demo: venv
+	$(VENV)/bin/seq2seq-client --server localhost:50051 "Un homme fait du vélo dans la rue."
 
 test: venv
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
