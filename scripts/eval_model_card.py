@@ -1,0 +1,50 @@
+"""The model card's score table, as `seq2seq-eval` prints it: runs `seq2seq-eval --json` (beam 4, the defaults) on
+each test set, prints a Markdown table with the signatures, and writes the scores into MODEL/card.json (which the
+server's GetModelInfo returns).
+
+    python scripts/eval_model_card.py --model models/fr-en-small
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+TEST_SETS = {  # name in the card -> corpus prefix (none of the held-out sets)
+    "Multi30k test_2016_flickr": DATA / "multi30k" / "test_2016_flickr",
+    "Multi30k test_2017_flickr": DATA / "multi30k" / "test_2017_flickr",
+    "Tatoeba test v2021-08-07": DATA / "tatoeba" / "test_v2021-08-07",
+    "WMT newstest2013": DATA / "wmt_news" / "newstest2013",
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a model directory (card.json is written there)")
+    p.add_argument("--sets", default=",".join(TEST_SETS), help="comma-separated names from the list above")
+    args = p.parse_args()
+    rows = []
+    for name in args.sets.split(","):
+        command = [sys.executable, "-m", "seq2seq.evaluate", "--model", args.model, "--data", str(TEST_SETS[name]),
+                   "--json"]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        result = json.loads(out.splitlines()[-1])
+        rows.append((name, result))
+        print(f"{name}: BLEU {result['bleu']:.2f} chrF {result['chrf']:.2f}", file=sys.stderr, flush=True)
+    card = Path(args.model) / "card.json"
+    meta = json.loads(card.read_text()) if card.is_file() else {}
+    meta["scores"] = [s for name, r in rows for s in (
+        {"test_set": name, "metric": "BLEU", "value": round(r["bleu"], 2), "signature": r["bleu_signature"]},
+        {"test_set": name, "metric": "chrF", "value": round(r["chrf"], 2), "signature": r["chrf_signature"]})]
+    card.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    print("| test set | sentences | BLEU | chrF |\n|---|---:|---:|---:|")
+    for name, r in rows:
+        print(f"| {name} | {r.get('sentences', '')} | {r['bleu']:.2f} | {r['chrf']:.2f} |")
+    print(f"\nBLEU signature: `{rows[0][1]['bleu_signature']}`  \nchrF signature: `{rows[0][1]['chrf_signature']}`")
+
+
+if __name__ == "__main__":
+    main()
