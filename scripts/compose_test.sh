@@ -38,6 +38,8 @@ cleanup() {
   echo "=== [$((SECONDS - START)) s] compose-test $([ $rc = 0 ] && echo passed || echo "FAILED (exit $rc)")"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM   # bash runs the EXIT trap on these only through an exit
 
 # 1-2. The engine: reuse a daemon that answers, else install (if needed) and start one.
 if ! docker info >/dev/null 2>&1; then
