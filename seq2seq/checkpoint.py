@@ -48,6 +48,7 @@ def save_model_dir(payload: dict[str, Any], out: str | Path, dtype: torch.dtype 
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in payload["model"].items()}
     save_file({k: v.contiguous() for k, v in weights.items()}, str(out / WEIGHTS))
+    os.chmod(out / WEIGHTS, 0o644)  # safetensors writes 0600; a server running as another user must read it
     (out / TOKENIZER).write_bytes(payload["tokenizer"])
     (out / CONFIG).write_text(json.dumps({"model": payload["configs"]["model"]}, indent=2) + "\n")
     return out
