@@ -4,36 +4,40 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from seq2seq.options import parse_bool
 
 
+def opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "0.0.0.0"
-    port: int = 50051  # 0 = any free port (tests)
-    model: str = ""  # checkpoint file or model directory; "" = the shipped default model under models/
-    device: str = "auto"  # auto | cpu | cuda[:n]; auto = CUDA when available
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 (CPU with bf16 matmuls, or CUDA), else fp32
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    batch_window_ms: float = 5.0  # how long the first queued request waits for others to share its batch; 0 = no
-    max_batch_tokens: int = 4096  # padded source tokens per decoding batch
-    max_queue: int = 256  # requests waiting to be decoded; more get RESOURCE_EXHAUSTED
-    workers: int = 64  # gRPC handler threads (requests in progress at once)
-    max_texts: int = 64  # texts per request
-    max_chars: int = 5000  # characters per text
-    max_tokens: int = 256  # SentencePiece tokens per sentence (after splitting)
-    max_beam_size: int = 16  # limit on beam_size, num_samples and n_best
-    max_message_bytes: int = 4 * 1024 * 1024  # request size
-    grace_s: float = 20.0  # on SIGTERM, how long in-flight requests may take to finish
-    metrics_port: int = 9090  # Prometheus /metrics over HTTP; -1 = off, 0 = any free port
-    metrics_host: str = "0.0.0.0"
-    tls_cert: str = ""  # PEM certificate chain and key: both set = TLS, else plaintext
-    tls_key: str = ""
-    api_keys: str = ""  # comma-separated; non-empty = clients must send metadata x-api-key with one of them
-    reflection: bool = True
-    log_format: str = "json"  # json (one object per line) | text
+    host: str = opt("0.0.0.0", "address to listen on")
+    port: int = opt(50051, "gRPC port; 0 = any free port")
+    model: str = opt("", "checkpoint file or model directory; \"\" = the shipped default model under models/")
+    device: str = opt("auto", "auto | cpu | cuda[:n]; auto = CUDA when available")
+    precision: str = opt("auto", "auto | fp32 | bf16 | fp16; auto = bf16 (CPU with bf16 matmuls, or CUDA), else fp32")
+    threads: int = opt(0, "torch CPU threads; 0 = torch's default")
+    batch_window_ms: float = opt(5.0, "how long the first queued request waits for others to share its batch; 0 = no")
+    max_batch_tokens: int = opt(4096, "padded source tokens per decoding batch")
+    max_queue: int = opt(256, "requests waiting to be decoded; more get RESOURCE_EXHAUSTED")
+    workers: int = opt(64, "gRPC handler threads (requests in progress at once)")
+    max_texts: int = opt(64, "texts per request")
+    max_chars: int = opt(5000, "characters per text")
+    max_tokens: int = opt(256, "SentencePiece tokens per sentence (after splitting)")
+    max_beam_size: int = opt(16, "limit on beam_size, num_samples and n_best")
+    max_message_bytes: int = opt(4 * 1024 * 1024, "request size")
+    grace_s: float = opt(20.0, "on SIGTERM, how long in-flight requests may take to finish")
+    metrics_port: int = opt(9090, "Prometheus /metrics over HTTP; -1 = off, 0 = any free port")
+    metrics_host: str = opt("0.0.0.0", "address of the metrics endpoint")
+    tls_cert: str = opt("", "PEM certificate chain; with --tls-key: TLS, else plaintext")
+    tls_key: str = opt("", "PEM private key")
+    api_keys: str = opt("", "comma-separated; non-empty = clients must send metadata x-api-key with one of them")
+    reflection: bool = opt(True, "gRPC server reflection (grpcurl and other generic clients)")
+    log_format: str = opt("json", "json (one object per line) | text")
 
     def __post_init__(self) -> None:
         if self.batch_window_ms < 0 or self.max_batch_tokens < 1 or self.max_queue < 1 or self.workers < 1:
@@ -60,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         except (ValueError, argparse.ArgumentTypeError):
             parser.error(f"environment variable {_env_name(f.name)}={default!r} is not a valid {f.type}")
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
-                            help=f"(env {_env_name(f.name)}, default {f.default!r})")
+                            help=f"{f.metadata['help']} (env {_env_name(f.name)}, default {f.default!r})")
     args = parser.parse_args(argv)
     try:
         return ServerConfig(**vars(args))
