@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -374,3 +375,19 @@ def test_attention_maps_over_grpc_and_the_client_pictures(server, client, transl
                     "ba ce di"])
     assert r.returncode == 0, r.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "<script" in html.read_text()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_serves_a_client_that_trusts_the_certificate_and_refuses_plaintext(translator, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server = start(translator, host="localhost", tls_cert=str(cert), tls_key=str(key))
+    try:
+        with TranslatorClient(f"localhost:{server.port}", tls_ca=str(cert)) as c:
+            assert c.translate(["ba ce"]).results[0].text == translator.translate(["ba ce"])[0].text
+        with TranslatorClient(f"localhost:{server.port}", timeout=3, retries=1) as c, pytest.raises(grpc.RpcError):
+            c.translate(["ba ce"])  # plaintext against TLS
+    finally:
+        server.stop(grace=0)
