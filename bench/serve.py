@@ -31,7 +31,7 @@ from client import TranslatorClient  # noqa: E402
 def start_server(model: str, window_ms: float, threads: int, precision: str) -> tuple[subprocess.Popen, int, int]:
     env = dict(os.environ, SEQ2SEQ_MODEL=model, SEQ2SEQ_PORT="0", SEQ2SEQ_HOST="127.0.0.1", SEQ2SEQ_METRICS_PORT="0",
                SEQ2SEQ_METRICS_HOST="127.0.0.1", SEQ2SEQ_BATCH_WINDOW_MS=str(window_ms),
-               SEQ2SEQ_THREADS=str(threads), SEQ2SEQ_PRECISION=precision, SEQ2SEQ_WORKERS="128")
+               SEQ2SEQ_THREADS=str(threads), SEQ2SEQ_PRECISION=precision)
     proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     port = metrics_port = None
     for line in proc.stderr:

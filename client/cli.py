@@ -69,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    client = TranslatorClient(args.server, timeout=args.timeout, api_key=args.api_key, tls_ca=args.tls_ca,
-                              load_balancing=args.load_balancing)
+    client = None
     try:
+        client = TranslatorClient(args.server, timeout=args.timeout, api_key=args.api_key, tls_ca=args.tls_ca,
+                                  load_balancing=args.load_balancing)
         if args.health:
             status = client.health()
             print(status)
@@ -84,11 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as e:
         print(f"seq2seq-client: {describe(e, args.server)}", file=sys.stderr)
         return 1
-    except OSError as e:
+    except (OSError, UnicodeError) as e:  # an unreadable --file, --tls-ca or stdin
         print(f"seq2seq-client: {e}", file=sys.stderr)
         return 1
+    except ValueError as e:  # an option protobuf cannot hold (e.g. a negative --beam-size)
+        print(f"seq2seq-client: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def translate(client: TranslatorClient, args) -> int:

@@ -176,7 +176,7 @@ class DecodeConfig(_DictMixin):
     """
 
     beam_size: int = 4  # K; 1 = greedy
-    length_penalty: float = 0.6  # α of the GNMT penalty ((5 + |Y|) / 6)^α; 0 = none
+    length_penalty: float = 0.6  # α of the GNMT penalty ((5 + |Y|) / 6)^α, in [0, 10] (beyond, it overflows); 0 = none
     n_best: int = 1  # hypotheses returned per input (<= beam_size, or <= num_samples when sampling)
     max_len_a: float = 1.0  # max output tokens = a * source tokens + b
     max_len_b: int = 50
@@ -194,7 +194,7 @@ class DecodeConfig(_DictMixin):
     def __post_init__(self) -> None:
         checks = [
             (self.beam_size >= 1, f"beam_size must be >= 1, got {self.beam_size}"),
-            (self.length_penalty >= 0, f"length_penalty must be >= 0, got {self.length_penalty}"),
+            (0 <= self.length_penalty <= 10, f"length_penalty must be in [0, 10], got {self.length_penalty}"),
             (self.n_best >= 1, f"n_best must be >= 1, got {self.n_best}"),
             (self.max_len_a >= 0 and self.max_len_b >= 0, "max_len_a and max_len_b must be >= 0"),
             (self.min_len >= 0, f"min_len must be >= 0, got {self.min_len}"),

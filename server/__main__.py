@@ -43,6 +43,9 @@ def setup_logging(config: ServerConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging(config)
+    stop = threading.Event()  # set by SIGTERM / SIGINT, from the start: a stop while starting up also exits 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     from .app import Server  # after the flags and logging, so that import errors are logged too
 
     try:
@@ -50,9 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, RuntimeError) as e:  # e.g. the port is taken, unreadable TLS files
         logging.getLogger("server").error("cannot start: %s", e)
         return 1
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.2):
         if server.failed.is_set():
             server.stop(grace=0)

@@ -90,13 +90,14 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
-            jobs = self._take()
-            if jobs is None:
-                return
+            jobs = []
             try:
+                jobs = self._take()
+                if jobs is None:
+                    return
                 self._decode(jobs)
             except Exception as e:  # never let the worker die: the jobs get the error, the server goes on
-                log.exception("decoding failed")
+                log.exception("batching failed")
                 for job in jobs:
                     job.events.put(e)
 
@@ -143,13 +144,15 @@ class Batcher:
             members = [items[k] for k in group]
             owners = list({id(job): job for job, _ in members}.values())
             if not any(job.is_active() for job in owners):
-                continue  # the jobs were told by _finish_cancelled below
+                continue  # nobody wants it: the sweep below tells the jobs
             if self.metrics is not None:
                 self.metrics.observe_batch(sentences=len(group), requests=len(owners))
             try:
                 hyps = self.translator.decode_batch([src[k] for k in group], jobs[0].config,
                                                     should_stop=lambda: not any(j.is_active() for j in owners))
-            except Cancelled as e:
+            except Exception as e:  # Cancelled, or a failure (e.g. out of memory): only this group's jobs fail
+                if not isinstance(e, Cancelled):
+                    log.exception("decoding failed")
                 for job in owners:
                     job.events.put(e)
                 continue

@@ -23,8 +23,8 @@ class ServerConfig:
     threads: int = opt(0, "torch CPU threads; 0 = torch's default")
     batch_window_ms: float = opt(5.0, "how long the first queued request waits for others to share its batch; 0 = no")
     max_batch_tokens: int = opt(4096, "padded source tokens per decoding batch")
-    max_queue: int = opt(256, "requests waiting to be decoded; more get RESOURCE_EXHAUSTED")
-    workers: int = opt(64, "gRPC handler threads (requests in progress at once)")
+    max_queue: int = opt(64, "requests waiting to be decoded (< --workers); more get RESOURCE_EXHAUSTED")
+    workers: int = opt(128, "gRPC handler threads: each request in progress holds one")
     max_texts: int = opt(64, "texts per request")
     max_chars: int = opt(5000, "characters per text")
     max_tokens: int = opt(256, "SentencePiece tokens per sentence (after splitting)")
@@ -40,8 +40,10 @@ class ServerConfig:
     log_format: str = opt("json", "json (one object per line) | text")
 
     def __post_init__(self) -> None:
-        if self.batch_window_ms < 0 or self.max_batch_tokens < 1 or self.max_queue < 1 or self.workers < 1:
-            raise ValueError("batch_window_ms must be >= 0; max_batch_tokens, max_queue and workers >= 1")
+        if self.batch_window_ms < 0 or self.max_batch_tokens < 1 or self.max_queue < 1:
+            raise ValueError("batch_window_ms must be >= 0; max_batch_tokens and max_queue >= 1")
+        if self.workers <= self.max_queue:  # a queued request holds a handler thread: keep some for the rest
+            raise ValueError(f"workers ({self.workers}) must be > max_queue ({self.max_queue})")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.log_format not in ("json", "text"):

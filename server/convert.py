@@ -18,13 +18,13 @@ MAX_LEN_A, MAX_LEN_B = 4.0, 1024  # output length limits: at most 4 · source to
 MIN_TEMPERATURE = 1e-3  # below, log p / T overflows float32 into infinities
 
 
-def decode_config(options: pb.DecodingOptions, limits: ServerConfig, return_attention: bool) -> DecodeConfig:
+def decode_config(options: pb.DecodingOptions, limits: ServerConfig) -> DecodeConfig:
     """DecodingOptions -> DecodeConfig; ConfigError (INVALID_ARGUMENT) says what is wrong and the allowed range."""
     given = {name: getattr(options, name) for name in OPTION_FIELDS if options.HasField(name)}
     for name, value in given.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{name} must be a finite number, got {value}")
-    config = DecodeConfig(**given, return_attention=return_attention)  # its own range checks
+    config = DecodeConfig(**given)  # its own range checks; attention maps are computed after decoding
     for name in ("beam_size", "num_samples", "n_best"):
         if getattr(config, name) > limits.max_beam_size:
             raise ConfigError(f"{name} must be <= {limits.max_beam_size} on this server, got {getattr(config, name)}")

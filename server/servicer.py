@@ -64,7 +64,7 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
         translator, batcher = self.state.ready()
         limits = self.state.config
         convert.check_texts(request.texts, limits)
-        config = convert.decode_config(request.options, limits, request.return_attention)
+        config = convert.decode_config(request.options, limits)
         split = request.split_sentences if request.HasField("split_sentences") else True
         parts, layouts, owner = [], [], []  # all sentences; per text its layout; per sentence its text
         for n, text in enumerate(request.texts):
@@ -108,9 +108,14 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
         start, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             yield
+            if not context.is_active():  # the client left, though our part finished
+                code = grpc.StatusCode.CANCELLED
+        except GeneratorExit:  # a stream whose client went away: grpc drops the generator
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as e:
             code = status_of(e)
-            if isinstance(e, Cancelled) and context.time_remaining() is not None and context.time_remaining() <= 0:
+            if isinstance(e, Cancelled) and context.time_remaining() <= 0:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
             if code == grpc.StatusCode.INTERNAL:
                 log.exception("internal error in %s", method)
@@ -124,5 +129,4 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
 
 
 def _active(context) -> bool:
-    remaining = context.time_remaining()
-    return context.is_active() and (remaining is None or remaining > 0)
+    return context.is_active() and context.time_remaining() > 0  # time_remaining: seconds, large without deadline

@@ -35,7 +35,7 @@ from server.config import ServerConfig
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["ba ce di fo ga", "ka", "co fi gu ke ba bo de", "da bu", "me ni po ra", "sa te lu", "fa ge hi ko mu na"]
 CONFIG = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, batch_window_ms=20, max_tokens=40, max_texts=8,
-                      max_chars=200, max_beam_size=8, max_queue=256, grace_s=5)
+                      max_chars=200, max_beam_size=8, max_queue=100, grace_s=5)
 
 
 def start(translator: Translator, **overrides) -> Server:
@@ -140,6 +140,7 @@ BAD = [  # (texts, options, status code, message pattern)
     (["ba"], {"sample": True, "temperature": -1}, "INVALID_ARGUMENT", "temperature must be > 0, got -1"),
     (["ba"], {"temperature": float("nan")}, "INVALID_ARGUMENT", "temperature must be a finite number, got nan"),
     (["ba"], {"max_len_a": 10}, "INVALID_ARGUMENT", r"max_len_a must be in \[0, 4.0\]"),
+    (["ba"], {"length_penalty": 4000}, "INVALID_ARGUMENT", r"length_penalty must be in \[0, 10\], got 4000"),
 ]
 
 
@@ -351,6 +352,11 @@ def test_client_cli_fails_in_one_line_when_the_server_is_down_or_rejects(server)
     assert r.stderr.startswith("seq2seq-client: cannot reach a serving translator at 127.0.0.1:1")
     r = run_client(["--server", f"127.0.0.1:{server.port}", "--beam-size", "0", "ba"])
     assert r.returncode == 1 and r.stderr == "seq2seq-client: INVALID_ARGUMENT: beam_size must be >= 1, got 0\n"
+    r = run_client(["--server", f"127.0.0.1:{server.port}", "--beam-size", "-1", "ba"])  # protobuf cannot hold it
+    assert r.returncode == 2 and r.stderr.startswith("seq2seq-client: error:") and r.stderr.count("\n") == 1
+    r = subprocess.run([sys.executable, "-m", "client.cli", "--server", f"127.0.0.1:{server.port}"],
+                       input=b"caf\xe9\n", capture_output=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 1 and r.stderr.decode().startswith("seq2seq-client:") and r.stderr.count(b"\n") == 1
 
 
 def test_client_imports_no_torch():
@@ -391,3 +397,17 @@ def test_tls_serves_a_client_that_trusts_the_certificate_and_refuses_plaintext(t
             c.translate(["ba ce"])  # plaintext against TLS
     finally:
         server.stop(grace=0)
+
+
+def test_server_flags_and_environment_are_checked(monkeypatch, capsys):
+    from server.config import parse_args
+
+    monkeypatch.setenv("SEQ2SEQ_BATCH_WINDOW_MS", "7.5")
+    assert parse_args(["--port", "1"]).batch_window_ms == 7.5 and parse_args(["--port", "1"]).port == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--max-queue", "200"])  # a queued request holds a handler thread: 128 workers are too few
+    assert "workers (128) must be > max_queue (200)" in capsys.readouterr().err
+    monkeypatch.setenv("SEQ2SEQ_PORT", "many")
+    with pytest.raises(SystemExit):
+        parse_args([])
+    assert "SEQ2SEQ_PORT='many' is not a valid int" in capsys.readouterr().err
