@@ -23,7 +23,8 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 _SKIP = {("model", "vocab_size")}
 
 
-def _field_type(f: dataclasses.Field) -> Any:
+def field_type(f: dataclasses.Field) -> Any:
+    """A config field's flag type: bool, int, float, str, or "list" for tuples."""
     t = str(f.type)
     if "tuple" in t:
         return "list"
@@ -48,7 +49,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(cls):
             if (section, f.name) in _SKIP:
                 continue
-            typ = _field_type(f)
+            typ = field_type(f)
             flag = "--" + f.name.replace("_", "-")
             if typ == "list":
                 group.add_argument(flag, dest=f"{section}.{f.name}", nargs="+", default=None, metavar="CORPUS")

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("server").error("cannot start: %s", e)
         return 1
     while not stop.wait(0.2):
-        if server.failed.is_set():
+        if server.load_error is not None:
             server.stop(grace=0)
             return 1
     logging.getLogger("server").info("shutting down", extra={"grace_s": config.grace_s})

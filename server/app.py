@@ -40,7 +40,7 @@ class Server:
         self.config, self.metrics = config, Metrics()
         self.state = State(config, self.metrics)
         self.health = health.HealthServicer(experimental_non_blocking=True)
-        self.ready, self.failed = threading.Event(), threading.Event()
+        self.loaded = threading.Event()  # set when loading ended, well (state.translator) or not (load_error)
         self.load_error: BaseException | None = None
         self._translator = translator
         keys = {k.strip() for k in config.api_keys.split(",") if k.strip()}
@@ -89,18 +89,16 @@ class Server:
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("serving", extra={"model": str(path), "device": str(translator.device),
                                        "precision": translator.precision})
-            self.ready.set()
         except Exception as e:  # a missing or corrupt model: say so once, clearly; main() exits non-zero
             self.load_error = e
             log.error("cannot load the model: %s", e)
-            self.failed.set()
+        finally:
+            self.loaded.set()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once SERVING; False if loading failed or the timeout passed."""
-        for _ in range(int((timeout or 1e9) / 0.05) + 1):
-            if self.ready.wait(0.05) or self.failed.is_set():
-                break
-        return self.ready.is_set()
+        self.loaded.wait(timeout)
+        return self.state.translator is not None
 
     def stop(self, grace: float | None = None) -> None:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, field, fields
 
-from seq2seq.options import parse_bool
+from seq2seq.options import field_type, parse_bool
 
 
 def opt(default, help: str):
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         prog="seq2seq-serve", description="The gRPC French→English translation server (proto/translation/v1).",
         epilog="Every flag can also be set by an environment variable SEQ2SEQ_<NAME>, e.g. SEQ2SEQ_PORT=50051.")
     for f in fields(ServerConfig):
-        kind = {"int": int, "float": float, "str": str, "bool": parse_bool}[f.type]
+        kind = parse_bool if field_type(f) is bool else field_type(f)
         default = os.environ.get(_env_name(f.name))
         try:
             default = f.default if default is None else kind(default)
