@@ -12,6 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def causal_mask(tq: int, tk: int, device: torch.device | None = None) -> Tensor:
+    """(Tq, Tk) bool, True = may attend: the Tq queries are the last Tq of the Tk positions, and each sees itself and
+    the positions before it (§3.2.3)."""
+    return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(tk - tq)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
               causal: bool = False, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
     """Attention(Q, K, V) = softmax(Q·Kᵀ / √d_k)·V   (§3.2.1, eq. 1)
@@ -19,7 +25,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropo
     Args:
         q: (B, H, Tq, d_k); k, v: (B, H, Tk, d_k).
         mask: bool, broadcastable to (B, H, Tq, Tk); True = may attend. None = all keys.
-        causal: also forbid attending to later positions (decoder self-attention, §3.2.3).
+        causal: also forbid attending to later positions (decoder self-attention, §3.2.3), on top of `mask` when
+            both are given; with Tq < Tk the queries are the last Tq positions.
         need_weights: return the attention weights (B, H, Tq, Tk); uses the explicit formula instead of the fused
             kernel, which gives the same output (the explicit formula also serves bf16 on CPU, where it is faster).
     Returns:
@@ -30,15 +37,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropo
     # without a backward (decoding) the fused kernel is the faster one.
     slow_backward = q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
     fused = not need_weights and not slow_backward
+    tq, tk = q.size(-2), k.size(-2)
+    # The fused kernel's is_causal cannot be combined with attn_mask, and for Tq != Tk it aligns the queries with the
+    # first keys instead of the last: it serves the plain square case; anywhere else causality joins the mask.
+    kernel_causal = fused and causal and mask is None and tq == tk
+    if causal and not kernel_causal:
+        past = causal_mask(tq, tk, q.device)  # (Tq, Tk)
+        mask = past if mask is None else mask & past  # (B, H, Tq, Tk) or broadcastable to it
     if fused:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                             is_causal=causal and mask is None)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=kernel_causal)
         return out, None
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
-    if causal:
-        tq, tk = scores.shape[-2:]
-        future = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(tk - tq + 1)
-        scores = scores.masked_fill(future, float("-inf"))
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)

@@ -59,7 +59,8 @@ def test_embeddings_are_shared_and_pad_row_is_zero():
     assert torch.all(m.embed.tokens.weight[PAD] == 0)
     y = torch.randn(2, 32)
     logits = m.project(y)
-    assert torch.equal(logits[:, :PAD], y @ m.embed.tokens.weight[:PAD].t())
+    # allclose: MKL may sum a (2, 32) × (32, 40) product in another order than the (32, 39) one (about 1e-6 apart)
+    assert torch.allclose(logits[:, :PAD], y @ m.embed.tokens.weight[:PAD].t(), atol=1e-5)
     assert torch.all(logits[:, PAD] == float("-inf"))  # <pad> is never an output
 
 
@@ -139,3 +140,40 @@ def test_pad_row_gets_no_gradient_so_the_start_embedding_stays_zero():
     loss.backward()
     grad = m.embed.tokens.weight.grad
     assert torch.all(grad[PAD] == 0) and grad[:PAD].abs().sum() > 0
+
+
+def test_attention_padding_mask_with_causal_hand_computed():
+    q = k = torch.zeros(1, 1, 3, 1)  # equal scores: each query averages the values it may see
+    v = torch.tensor([1.0, 2.0, 4.0]).view(1, 1, 3, 1)
+    mask = torch.tensor([True, False, True]).view(1, 1, 1, 3)  # key 1 is padding
+    expected = torch.tensor([1.0, 1.0, 2.5])  # keys {0}, {0}, {0, 2}; without causality all three are 2.5
+    for need_weights in (False, True):
+        out, _ = attention(q, k, v, mask, causal=True, need_weights=need_weights)
+        assert torch.allclose(out.flatten(), expected, atol=1e-6), need_weights
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tq", [5, 3])  # 3: the queries are the last 3 of 5 positions (a cache of 2 before them)
+def test_attention_padding_mask_with_causal_never_sees_the_future(tq, dtype):
+    torch.manual_seed(0)
+    tk, cut = 5, 1  # query i sees keys up to i + tk - tq: change every key after the last one query `cut` sees
+    q, k, v = (torch.randn(2, 2, n, 4, dtype=dtype) for n in (tq, tk, tk))
+    mask = torch.tensor([[True] * 5, [True, True, True, True, False]]).view(2, 1, 1, 5)  # sentence 1: padded
+    k2, v2 = k.clone(), v.clone()
+    k2[..., cut + tk - tq + 1:, :] += 1.0
+    v2[..., cut + tk - tq + 1:, :] -= 3.0
+    # The fused kernel (no weights, no backward), the explicit formula, and on CPU bf16 with a backward the explicit
+    # formula without weights.
+    paths = {"fused": (torch.no_grad, False), "explicit": (torch.no_grad, True)}
+    if dtype == torch.bfloat16:
+        paths["bf16 backward"] = (torch.enable_grad, False)
+    outs = {}
+    for name, (grad_mode, need_weights) in paths.items():
+        with grad_mode():
+            a, _ = attention(q, k, v, mask, causal=True, need_weights=need_weights)
+            b, _ = attention(q, k2, v2, mask, causal=True, need_weights=need_weights)
+        assert torch.equal(a[..., :cut + 1, :], b[..., :cut + 1, :]), name
+        assert not torch.allclose(a[..., cut + 1:, :], b[..., cut + 1:, :], atol=1e-2), name  # later ones see it
+        outs[name] = a.float()
+    for name, out in outs.items():
+        assert torch.allclose(out, outs["fused"], atol=1e-5 if dtype == torch.float32 else 2e-2), name
