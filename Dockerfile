@@ -10,7 +10,8 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
 # PyPI's torch for Linux is the CUDA build (several GB with its nvidia-* packages), so the CPU image takes torch
-# from the PyTorch CPU index. The GPU variant (docker-compose.gpu.yml) sets this to PyPI.
+# from the PyTorch CPU wheel index, the default below (the one index URL this project writes down). Empty means
+# pip's default index (PyPI): the GPU variant (docker-compose.gpu.yml) sets it empty.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG WHEELS_ONLY=
 
@@ -26,7 +27,7 @@ WORKDIR /app
 # 1. torch first and pinned, in its own layer: the largest part, and the one that changes least.
 RUN --mount=type=bind,source=docker/wheels,target=/wheels \
     if [ "$WHEELS_ONLY" = 1 ]; then from="--no-index --find-links /wheels"; \
-    else from="--index-url $TORCH_INDEX_URL"; fi; \
+    else from="${TORCH_INDEX_URL:+--index-url $TORCH_INDEX_URL}"; fi; \
     pip install $from torch==2.13.0
 
 # 2. The other dependencies (build system, base and `serve` extra), read from pyproject.toml alone, so that a
