@@ -23,11 +23,25 @@ class CheckpointError(ValueError):
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same directory, then rename: a crash never leaves a half-written file."""
+    """Write to a temporary file in the same directory, fsync it, rename it, fsync the directory: neither a crash
+    nor a power cut leaves a half-written file under `path`, and a failed write (disk full) leaves no temporary file
+    and the previous `path` as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())  # the data on disk before the rename makes it visible
+        os.replace(tmp, path)
+    except BaseException:  # also KeyboardInterrupt
+        tmp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)  # the rename itself lives in the directory
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"

@@ -5,7 +5,8 @@ scheduler, data position; dropout randomness is derived from (seed, rank, step))
 `torchrun --nproc-per-node N -m seq2seq.train ...` (gloo on CPU, NCCL on CUDA): each step takes W·A consecutive
 micro-batches of the stream, rank r the r-th block of A, and the loss is normalised by the global target-token
 count, so W processes with accumulation A/W see the same batches as one process with accumulation A, and make the
-same update when dropout is 0 (dropout draws differ per rank).
+same update when dropout is 0 (dropout draws differ per rank). SIGTERM or SIGINT (preemption, Ctrl-C) stops at the
+next step boundary with a checkpoint and exit status 0, so that the same command resumes.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -203,41 +206,90 @@ class Logger:
             self.f.flush()
 
 
+class StopSignals:
+    """SIGTERM and SIGINT ask training to stop. The handler only records the signal; the loop looks at `received`
+    at each step boundary. The previous handlers come back on exit; a signal that was ignored (SIGINT of a
+    background job) stays ignored."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # the only thread that may set handlers
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self.previous[sig] = signal.signal(sig, self._record)
+        return self
+
+    def _record(self, signum: int, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():  # None: a handler set outside Python, not restorable
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def agree_to_stop(run: Run, out_of_time: bool, signalled: bool) -> tuple[bool, bool]:
+    """(out of time, stop signal) as every rank will act on them, so that all stop at the same step: rank 0's clock
+    decides the time limit; a signal received by any rank (the launcher may pass it to some only) stops all."""
+    if run.world == 1:
+        return out_of_time, signalled
+    flags = torch.tensor([float(out_of_time and run.rank == 0), float(signalled)], device=run.device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0].item()), bool(flags[1].item())
+
+
 def train(run: Run) -> dict:
-    """The loop: steps, periodic dev evaluation, checkpoints, early stopping; returns the last metrics."""
+    """The loop: steps, periodic dev evaluation, checkpoints, early stopping; on SIGTERM/SIGINT, a checkpoint at the
+    next step boundary and an early return (no averaging: the run is not over). Returns the last metrics."""
     t, out, main = run.train_cfg, run.out, run.rank == 0
     logger = Logger(out / "log.jsonl", main)
+    if run.step:
+        logger.write({"step": run.step, "event": "resumed"})
     bar = tqdm(total=t.max_steps, initial=run.step, disable=not main or None, dynamic_ncols=True)
-    last, window, tic, stop = {}, [], time.perf_counter(), False
-    while run.step < t.max_steps and not stop:
-        record = run.train_step()
-        now = time.perf_counter()
-        run.elapsed += now - tic
-        window.append((now - tic, record["tokens"], record["tgt_tokens"], record["loss"], record["nll"]))
-        tic = now
-        last = record
-        if run.step % t.log_every == 0 or run.step == t.max_steps:
-            record = summarize(record["step"], record["lr"], window, run.elapsed)
-            window = []
-            logger.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", ppl=f"{record['ppl']:.1f}",
-                            tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{record['lr']:.2e}")
-        bar.update(1)
-        out_of_time = t.max_minutes > 0 and run.elapsed >= 60 * t.max_minutes
-        if run.world > 1 and t.max_minutes > 0:  # rank 0's clock decides, so that every rank stops at the same step
-            flag = torch.tensor([float(out_of_time)], device=run.device)
-            dist.broadcast(flag, 0)
-            out_of_time = bool(flag.item())
-        done = run.step >= t.max_steps or out_of_time
-        if (t.eval_every and run.step % t.eval_every == 0) or done:
-            stop = evaluate(run, logger) or out_of_time
-        if main and (run.step % t.save_every == 0 or done or stop):
-            save(run)
-        tic = time.perf_counter()  # evaluation and saving do not count as training time
+    last, window, tic, stop, interrupted = {}, [], time.perf_counter(), False, False
+    with StopSignals() as signals:
+        while run.step < t.max_steps and not stop:
+            record = run.train_step()
+            now = time.perf_counter()
+            run.elapsed += now - tic
+            window.append((now - tic, record["tokens"], record["tgt_tokens"], record["loss"], record["nll"]))
+            tic = now
+            last = record
+            out_of_time, interrupted = agree_to_stop(run, t.max_minutes > 0 and run.elapsed >= 60 * t.max_minutes,
+                                                     signals.received is not None)
+            if run.step % t.log_every == 0 or run.step == t.max_steps or interrupted:
+                record = summarize(record["step"], record["lr"], window, run.elapsed)
+                window = []
+                logger.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", ppl=f"{record['ppl']:.1f}",
+                                tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{record['lr']:.2e}")
+            bar.update(1)
+            if interrupted:
+                if main:
+                    save_interrupted(run, logger, signals.received)
+                break
+            done = run.step >= t.max_steps or out_of_time
+            if (t.eval_every and run.step % t.eval_every == 0) or done:
+                stop = evaluate(run, logger) or out_of_time
+            if main and (run.step % t.save_every == 0 or done or stop):
+                save(run)
+            tic = time.perf_counter()  # evaluation and saving do not count as training time
     bar.close()
-    if main:
+    if main and not interrupted:
         finish(run)
     return last
+
+
+def save_interrupted(run: Run, logger: Logger, signum: int | None) -> None:
+    """The checkpoint of a stopped run, at once: no evaluation first, as the grace period before SIGKILL may be
+    short."""
+    path = save(run)
+    name = signal.Signals(signum).name if signum else None  # None: another rank received it
+    logger.write({"step": run.step, "event": "interrupted", "signal": name, "checkpoint": str(path)})
+    log.info("%s: stopped at step %d and saved %s; the same command resumes", name or "a signal to another rank",
+             run.step, path)
 
 
 def summarize(step: int, lr: float, window: list[tuple], elapsed: float) -> dict:
@@ -274,10 +326,12 @@ def evaluate(run: Run, logger: Logger) -> bool:
     return stop
 
 
-def save(run: Run) -> None:
-    ckpt.save(run.out / f"checkpoint_{run.step:08d}.pt", run.payload())
+def save(run: Run) -> Path:
+    path = run.out / f"checkpoint_{run.step:08d}.pt"
+    ckpt.save(path, run.payload())
     for old in sorted(run.out.glob("checkpoint_*.pt"))[:-max(run.train_cfg.keep_checkpoints, 1)]:
         old.unlink()
+    return path
 
 
 def finish(run: Run) -> None:
@@ -308,9 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         latest = latest_checkpoint(out)
         resume = ckpt.load(latest) if latest else None
-        if resume:
-            log.info("resuming from %s (step %d)", latest, resume["state"]["step"])
         run = Run(out, _sections(args, resume), resume)
+        if resume:
+            recorded = resume["state"]["step"]
+            if run.step != recorded:
+                raise CheckpointError(f"{latest} records step {recorded}, but the restored run stands at {run.step}")
+            log.info("resumed from %s at step %d", latest, run.step)
         train(run)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"seq2seq-train: error: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from seq2seq import ModelConfig, Transformer
 from seq2seq import checkpoint as ckpt
 from seq2seq.checkpoint import CheckpointError
 from seq2seq.tokenizer import Tokenizer
+from seq2seq.train import Run, agree_to_stop
 from seq2seq.train import main as train_main
 
 from conftest import tiny_config
@@ -139,3 +141,146 @@ def test_resume_with_another_batch_layout_is_refused(tmp_path, copy_corpus, caps
     assert train_main(["--config", cfg, "--out", str(tmp_path / "run")]) == 0
     code = train_main(["--config", cfg, "--out", str(tmp_path / "run"), "--max-steps", "10", "--accum-steps", "2"])
     assert code == 2 and "took 1 micro-batches per step" in capsys.readouterr().err
+
+
+def events(out: Path) -> list[dict]:
+    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "event" in r]
+
+
+def train_until_signal(tmp_path: Path, copy_corpus, sig: signal.Signals) -> tuple[list[str], dict, int]:
+    """Start `seq2seq-train` for 200 steps, send `sig` at about step 10, check the stop; -> (command, env, step)."""
+    cfg = tiny_config(tmp_path, copy_corpus, max_steps=200, eval_every=0, save_every=1000, log_every=5)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "seq2seq.train", "--config", cfg, "--out", str(tmp_path / "run")]
+    with open(tmp_path / "stopped.err", "w") as err:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        log = tmp_path / "run" / "log.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 2):
+            time.sleep(0.01)
+        proc.send_signal(sig)  # a step takes ~10 ms: far from step 200
+        assert proc.wait(timeout=60) == 0, (tmp_path / "stopped.err").read_text()[-2000:]
+    [stopped] = events(tmp_path / "run")
+    step = stopped["step"]
+    assert stopped["event"] == "interrupted" and stopped["signal"] == sig.name and 10 <= step < 200, stopped
+    assert [p.name for p in (tmp_path / "run").glob("checkpoint_*.pt")] == [f"checkpoint_{step:08d}.pt"]
+    assert ckpt.load(tmp_path / "run" / f"checkpoint_{step:08d}.pt")["state"]["step"] == step
+    assert records(tmp_path / "run")[step]["step"] == step  # the steps since the last log record are logged too
+    assert not (tmp_path / "run" / "loss.png").exists()  # not finished: no averaging, no plot
+    return command, env, step
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_exits_0_and_the_same_command_resumes(tmp_path, copy_corpus):
+    command, env, step = train_until_signal(tmp_path, copy_corpus, signal.SIGTERM)
+    stopped = events(tmp_path / "run")[0]
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {tmp_path / 'run'}/checkpoint_{step:08d}.pt at step {step}" in resumed.stderr
+    assert events(tmp_path / "run") == [stopped, {"step": step, "event": "resumed"}]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert sum(r["steps"] for r in lines if "loss" in r) == 200  # each step trained and logged exactly once
+    assert max(records(tmp_path / "run")) == 200 and (tmp_path / "run" / "checkpoint_00000200.pt").exists()
+    assert (tmp_path / "run" / "loss.png").exists()  # finished this time
+
+
+@pytest.mark.slow
+def test_sigint_saves_a_checkpoint_and_exits_0(tmp_path, copy_corpus):
+    train_until_signal(tmp_path, copy_corpus, signal.SIGINT)  # Ctrl-C: the same clean stop
+
+
+def test_signal_stops_at_the_step_boundary_and_the_handlers_come_back(tmp_path, copy_corpus, monkeypatch):
+    cfg = tiny_config(tmp_path, copy_corpus, max_steps=50, eval_every=0, save_every=1000)
+    train_step = Run.train_step
+
+    def signalled_at_step_3(self):
+        record = train_step(self)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-loop; the handler only takes note
+        return record
+
+    monkeypatch.setattr(Run, "train_step", signalled_at_step_3)
+    def sentinel(signum, frame):
+        raise AssertionError("the training loop's handler should have taken SIGTERM")
+
+    previous = signal.getsignal(signal.SIGINT)
+    old = signal.signal(signal.SIGTERM, sentinel)
+    try:
+        assert train_main(["--config", cfg, "--out", str(tmp_path / "run")]) == 0
+        assert signal.getsignal(signal.SIGTERM) is sentinel and signal.getsignal(signal.SIGINT) is previous
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert [p.name for p in (tmp_path / "run").glob("checkpoint_*.pt")] == ["checkpoint_00000003.pt"]
+    assert events(tmp_path / "run") == [{"step": 3, "event": "interrupted", "signal": "SIGTERM",
+                                         "checkpoint": str(tmp_path / "run" / "checkpoint_00000003.pt")}]
+
+
+def _agree_on_rank(rank: int, init_file: str, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    run = type("FakeRun", (), {"rank": rank, "world": 2, "device": torch.device("cpu")})()
+    cases = [(False, False), (rank == 1, rank == 1), (True, False), (False, rank == 0)]
+    results.put((rank, [agree_to_stop(run, out_of_time, signalled) for out_of_time, signalled in cases]))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_agree_to_stop_on_rank_0s_clock_and_on_a_signal_to_any_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_agree_on_rank, args=(str(tmp_path / "init"), results), nprocs=2)
+    got = dict(results.get() for _ in range(2))
+    #            neither          rank 1 out of time + signalled   both out of time   rank 0 signalled
+    expected = [(False, False), (False, True), (True, False), (False, True)]
+    assert got == {0: expected, 1: expected}
+
+
+def test_resume_checks_the_restored_step_against_the_checkpoint(tmp_path, copy_corpus, monkeypatch, capsys):
+    cfg = tiny_config(tmp_path, copy_corpus, max_steps=3, eval_every=0, save_every=3)
+    assert train_main(["--config", cfg, "--out", str(tmp_path / "run")]) == 0
+    restore = Run._restore
+
+    def off_by_one(self, payload):
+        restore(self, payload)
+        self.step += 1
+
+    monkeypatch.setattr(Run, "_restore", off_by_one)
+    assert train_main(["--config", cfg, "--out", str(tmp_path / "run"), "--max-steps", "6"]) == 2
+    assert "checkpoint_00000003.pt records step 3, but the restored run stands at 4" in capsys.readouterr().err
+
+
+def test_failed_checkpoint_write_leaves_no_temp_file_and_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_00000010.pt"
+    ckpt.save(path, {"model": {"w": torch.ones(3)}})
+    before = path.read_bytes()
+
+    def disk_full(payload, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save(path, {"model": {"w": torch.zeros(3)}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_00000010.pt"]  # no .tmp left behind
+    assert path.read_bytes() == before and torch.equal(torch.load(path)["model"]["w"], torch.ones(3))
+
+
+def test_checkpoint_save_fsyncs_the_file_before_the_rename_then_the_directory(tmp_path, monkeypatch):
+    calls = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd):
+        st = os.fstat(fd)
+        calls.append(("fsync", "dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        fsync(fd)
+
+    def recording_replace(src, dst):
+        calls.append(("replace", "file", os.stat(src).st_ino))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    ckpt.save(tmp_path / "m.pt", {"model": {"w": torch.ones(3)}})
+    file_ino, dir_ino = (tmp_path / "m.pt").stat().st_ino, tmp_path.stat().st_ino
+    assert calls == [("fsync", "file", file_ino), ("replace", "file", file_ino), ("fsync", "dir", dir_ino)]
+    assert torch.equal(torch.load(tmp_path / "m.pt")["model"]["w"], torch.ones(3))
