@@ -102,15 +102,56 @@ class ModelConfig(_DictMixin):
 
 
 @dataclass(frozen=True)
+class Corpus:
+    """One entry of `DataConfig.train`: a corpus name (see DataConfig), how much of it to use, and whether it is
+    back-translated. weight: the integer part repeats the corpus, the fraction adds a seeded random subset of that
+    share of its pairs, 0 drops it. synthetic: the source side is machine output (back-translation)."""
+
+    path: str
+    weight: float = 1.0
+    synthetic: bool = False
+
+    @classmethod
+    def from_entry(cls, entry: Any, where: str) -> "Corpus":
+        """A config entry (a string, a mapping, or a Corpus) -> Corpus; `where` names it in error messages."""
+        if isinstance(entry, Corpus):
+            return entry
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a corpus name or a mapping {{path, weight, synthetic}}, "
+                              f"got {type(entry).__name__}")
+        unknown = sorted(set(entry) - {"path", "weight", "synthetic"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: path, weight, synthetic")
+        path, weight, synthetic = entry.get("path"), entry.get("weight", 1.0), entry.get("synthetic", False)
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"{where}: a corpus mapping needs a 'path' (a non-empty string)")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+            raise ConfigError(f"{where}: weight must be a number >= 0 (0 drops the corpus), got {weight!r}")
+        if not isinstance(synthetic, bool):
+            raise ConfigError(f"{where}: synthetic must be true or false, got {synthetic!r}")
+        return cls(path, float(weight), synthetic)
+
+    def to_entry(self) -> str | dict[str, Any]:
+        """The config form: the bare name when weight is 1 and it is not synthetic (as configs were before weights)."""
+        if self.weight == 1.0 and not self.synthetic:
+            return self.path
+        return {"path": self.path, "weight": self.weight, "synthetic": self.synthetic}
+
+
+@dataclass(frozen=True)
 class DataConfig(_DictMixin):
     """Where the parallel text comes from and how it is cut into batches.
 
     A corpus is named by a string: a path prefix `dir/train` (reads `train.fr[.gz]` + `train.en[.gz]`), a `.tsv`
     file (source<TAB>target), a `.jsonl` file (`{"translation": {"fr": ..., "en": ...}}` or `{"fr":..,"en":..}`),
     or a Hugging Face hub dataset `hf:NAME[:CONFIG][:SPLIT]` with a `translation` field (e.g. `hf:wmt14:fr-en:train`).
+    Each `train` entry is such a string or a mapping `{path: NAME, weight: 2, synthetic: true}` (see Corpus); entries
+    are concatenated in order. Strings and mappings are stored as Corpus objects.
     """
 
-    train: tuple[str, ...] = ()
+    train: tuple[Corpus, ...] = ()
     dev: str | None = None
     src_lang: str = "fr"
     tgt_lang: str = "en"
@@ -121,14 +162,24 @@ class DataConfig(_DictMixin):
     max_len: int = 128  # drop training pairs with more subword tokens than this on either side
     dev_bleu_sentences: int = 500  # dev BLEU on the first N dev pairs (0 = all)
     cache_dir: str | None = None  # tokenized datasets cache; None = OUT/cache
+    # Tagged back-translation (Caswell et al. 2019): a reserved tag id starts every synthetic source, so the model
+    # can tell back-translated input from real input; the tokenizer is trained with that id (seq2seq.tokenizer).
+    bt_tag: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.train, (str, dict)):
+            raise ConfigError("data.train must be a list of corpora, e.g. [dir/name, {path: dir/bt, synthetic: true}]")
+        train = tuple(Corpus.from_entry(c, f"data.train[{i}]") for i, c in enumerate(self.train))
+        object.__setattr__(self, "train", train)  # frozen: normalised once, here
         if self.max_tokens < self.max_len + 1:
             raise ConfigError(f"max_tokens ({self.max_tokens}) must exceed max_len ({self.max_len})")
         if self.vocab_size < 16:
             raise ConfigError(f"data vocab_size must be >= 16, got {self.vocab_size}")
         if self.spm_model_type not in ("unigram", "bpe"):
             raise ConfigError(f"spm_model_type must be 'unigram' or 'bpe', got {self.spm_model_type!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "train": [c.to_entry() for c in self.train]}
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 and cut into token-count batches with length bucketing. Knows the tokenizer, not the model.
 
 A corpus is named by a string (see DataConfig): `dir/name` (aligned `name.fr[.gz]` / `name.en[.gz]`), a `.tsv`, a
-`.jsonl`, or `hf:NAME[:CONFIG][:SPLIT]` from the hub.
+`.jsonl`, or `hf:NAME[:CONFIG][:SPLIT]` from the hub. A training mixture weights its corpora and marks the
+back-translated ones (config.Corpus); tagged back-translation puts the tokenizer's <BT> id before their sources.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .tokenizer import EOS_ID, Tokenizer
+from .config import Corpus
+from .tokenizer import BT_TAG, EOS_ID, Tokenizer
 
 datasets.disable_progress_bars()
 
@@ -97,6 +99,7 @@ def read_corpus(spec: str, src_lang: str = "fr", tgt_lang: str = "en") -> datase
     """One corpus -> Dataset with string columns `src`, `tgt`. Raises DataError with one clear line."""
     if spec.startswith("hf:"):
         return _read_hub(spec, src_lang, tgt_lang)
+    spec = os.path.expanduser(spec)  # "~/runs/data/..." in a config: runs live outside the checkout
     if spec.endswith((".tsv", ".tsv.gz", ".jsonl", ".jsonl.gz")) and not Path(spec).is_file():
         raise DataError(f"missing file: {spec}")
     if spec.endswith((".tsv", ".tsv.gz")):
@@ -108,30 +111,60 @@ def read_corpus(spec: str, src_lang: str = "fr", tgt_lang: str = "en") -> datase
     return datasets.Dataset.from_dict(columns)
 
 
-def read_corpora(specs: tuple[str, ...] | list[str], src_lang: str = "fr", tgt_lang: str = "en") -> datasets.Dataset:
-    """A mixture: the corpora concatenated in order."""
-    if not specs:
-        raise DataError("no training corpus given (data.train is empty)")
-    parts = [read_corpus(s, src_lang, tgt_lang) for s in specs]
+def weighted_indices(n: int, weight: float, rng: np.random.Generator) -> np.ndarray:
+    """Row indices that use a corpus of n pairs `weight` times: round(weight · n) rows, the whole corpus int(weight)
+    times over, then a random subset (without repeats, in corpus order) for the fraction."""
+    total = int(weight * n + 0.5)
+    copies, extra = divmod(total, n) if n else (0, 0)
+    subset = np.sort(rng.choice(n, size=extra, replace=False)) if extra else np.arange(0)
+    return np.concatenate([np.tile(np.arange(n), copies), subset]).astype(np.int64)
+
+
+def read_corpora(corpora: tuple[Corpus | str, ...] | list[Corpus | str], src_lang: str = "fr", tgt_lang: str = "en",
+                 seed: int = 1) -> datasets.Dataset:
+    """A mixture: the corpora, each weighted (see `weighted_indices`), concatenated in order, with a bool column
+    `synthetic`. The fractional subset of entry i is drawn with the generator seeded by (seed, i)."""
+    parts = []
+    for i, entry in enumerate(corpora):
+        c = Corpus.from_entry(entry, f"data.train[{i}]")
+        if c.weight == 0:
+            continue  # dropped: not even read
+        ds = read_corpus(c.path, src_lang, tgt_lang)
+        ds = ds.add_column("synthetic", [c.synthetic] * len(ds))
+        if c.weight != 1:
+            ds = ds.select(weighted_indices(len(ds), c.weight, np.random.default_rng((seed, i))))
+        parts.append(ds)
+    if not parts:
+        raise DataError("no training corpus given (data.train is empty or all its weights are 0)")
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 # ---- tokenizing (cached) ----------------------------------------------------------------------------------------------
 
-def _fingerprint(ds: datasets.Dataset, tokenizer: Tokenizer, max_len: int) -> str:
+def _fingerprint(ds: datasets.Dataset, tokenizer: Tokenizer, max_len: int, tag: bool) -> str:
     h = hashlib.sha256(tokenizer.model_proto)
-    h.update(f"{ds._fingerprint}|{len(ds)}|{max_len}".encode())
+    h.update(f"{ds._fingerprint}|{len(ds)}|{max_len}".encode() + (b"|bt_tag" if tag else b""))
     return h.hexdigest()[:20]
 
 
-def tokenize(ds: datasets.Dataset, tokenizer: Tokenizer, max_len: int = 0, cache_dir: str | None = None) -> datasets.Dataset:
+def tokenize(ds: datasets.Dataset, tokenizer: Tokenizer, max_len: int = 0, cache_dir: str | None = None,
+             bt_tag: bool = False) -> datasets.Dataset:
     """Add `src_ids` = pieces + </s> and `tgt_ids` = pieces + </s>; with max_len > 0, drop pairs longer than it
-    (counting </s>) on either side. With `cache_dir`, the result is stored as Arrow and reused on the next run."""
-    fp = _fingerprint(ds, tokenizer, max_len)
+    (counting </s> and the tag) on either side. With `cache_dir`, the result is stored as Arrow and reused on the
+    next run. With `bt_tag`, the source of every row whose `synthetic` column is true starts with the tokenizer's
+    <BT> id: src_ids = <BT> + pieces + </s> (tagged back-translation, Caswell et al. 2019)."""
+    tag_id = tokenizer.bt_tag_id
+    if bt_tag and tag_id is None:
+        raise DataError(f"data.bt_tag is on but the tokenizer has no {BT_TAG} symbol (an spm.model trained without "
+                        "bt_tag): train in a new --out")
+    bt_tag = bt_tag and "synthetic" in ds.column_names  # a dev set or a single read_corpus has no synthetic rows
+    fp = _fingerprint(ds, tokenizer, max_len, bt_tag)
 
     def encode(batch: dict) -> dict:
-        return {"src_ids": [ids + [EOS_ID] for ids in tokenizer.encode_batch(batch["src"])],
-                "tgt_ids": [ids + [EOS_ID] for ids in tokenizer.encode_batch(batch["tgt"])]}
+        src_ids = [ids + [EOS_ID] for ids in tokenizer.encode_batch(batch["src"])]
+        if bt_tag:
+            src_ids = [[tag_id] + ids if synthetic else ids for ids, synthetic in zip(src_ids, batch["synthetic"])]
+        return {"src_ids": src_ids, "tgt_ids": [ids + [EOS_ID] for ids in tokenizer.encode_batch(batch["tgt"])]}
 
     cache = None
     if cache_dir:

@@ -73,11 +73,11 @@ class Run:
         if resume:
             return Tokenizer(resume["tokenizer"])
         if self.rank == 0 and not path.exists():
-            raw = read_corpora(self.data_cfg.train, self.data_cfg.src_lang, self.data_cfg.tgt_lang)
+            raw = read_corpora(self.data_cfg.train, self.data_cfg.src_lang, self.data_cfg.tgt_lang, self.train_cfg.seed)
             log.info("training SentencePiece (%d pieces) on %d pairs", self.data_cfg.vocab_size, len(raw))
             sentences = (s for pair in zip(raw["src"], raw["tgt"]) for s in pair)
             Tokenizer.train(sentences, self.data_cfg.vocab_size, self.data_cfg.spm_model_type,
-                            self.data_cfg.spm_max_sentences).save(path)
+                            self.data_cfg.spm_max_sentences, bt_tag=self.data_cfg.bt_tag).save(path)
         if self.world > 1:
             dist.barrier()
         return Tokenizer.load(path)
@@ -85,7 +85,8 @@ class Run:
     def _data(self) -> None:
         d = self.data_cfg
         cache = d.cache_dir or str(self.out / "cache")
-        train = tokenize(read_corpora(d.train, d.src_lang, d.tgt_lang), self.tokenizer, d.max_len, cache)
+        train = tokenize(read_corpora(d.train, d.src_lang, d.tgt_lang, self.train_cfg.seed), self.tokenizer, d.max_len,
+                         cache, bt_tag=d.bt_tag)
         self.stream = BatchStream(train, d.max_tokens, self.tokenizer.pad_id, self.train_cfg.seed)
         self.dev = None
         if d.dev:

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The default model's whole pipeline (issue 10): fr→en trained with back-translated Multi30k captions.
+#   1. carve   a Tatoeba dev split                          -> $RUNS/data/tatoeba_{train,dev}.{fr,en}.gz
+#   2. en-fr   train en→fr ($CONFIG_ENFR)                   -> $RUNS/<config name>/averaged.pt
+#   3. bt      back-translate the English captions into French -> $RUNS/bt/train_captions.{fr,en}.gz
+#   4. fr-en   train fr→en with them ($CONFIG_FRENF)        -> $RUNS/<config name>/averaged.pt
+#   5. export  the averaged fr→en model                     -> $OUT
+#   6. card    score the test sets into $OUT/card.json (long; EVAL=0 skips it)
+# A stage skips itself when its output exists, so rerunning the script resumes (training and back-translation also
+# resume inside their stage). Each stage's wall-clock time is appended to $RUNS/pipeline-times.log.
+#
+# Environment, with defaults:
+#   RUNS=~/runs  DATA=../shared/data  OUT=models/fr-en-small-bt  PY=.venv/bin/python
+#   CONFIG_ENFR=configs/en-fr.yaml  CONFIG_FRENF=configs/default-bt.yaml  DEV_SIZE=2000
+#   BT_LIMIT= (all lines)  BT_ARGS="--precision bf16" (any seq2seq-backtranslate flags, e.g. "--sample --top-k 10")
+#   EVAL=1
+# The two default configs name ~/runs/... and ../shared/data/... themselves: with another RUNS or DATA, give
+# configs of your own (tests/test_pipeline.py does, for a run of seconds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-$HOME/runs}
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-models/fr-en-small-bt}  # sorts after models/fr-en-small, which stays the served default until replaced
+PY=${PY:-.venv/bin/python}
+CONFIG_ENFR=${CONFIG_ENFR:-configs/en-fr.yaml}
+CONFIG_FRENF=${CONFIG_FRENF:-configs/default-bt.yaml}
+DEV_SIZE=${DEV_SIZE:-2000}
+BT_LIMIT=${BT_LIMIT:-}
+BT_ARGS=${BT_ARGS---precision bf16}  # set but empty: no extra flags
+EVAL=${EVAL:-1}
+
+RUN_ENFR=$RUNS/$(basename "$CONFIG_ENFR" .yaml)
+RUN_FRENF=$RUNS/$(basename "$CONFIG_FRENF" .yaml)
+BT=$RUNS/bt/train_captions  # the prefix the fr→en config reads
+TIMES=$RUNS/pipeline-times.log
+
+if [[ ($CONFIG_ENFR == configs/en-fr.yaml || $CONFIG_FRENF == configs/default-bt.yaml) &&
+      ($RUNS != "$HOME/runs" || $DATA != ../shared/data) ]]; then
+  echo "train_default.sh: the default configs read ~/runs and ../shared/data; with RUNS=$RUNS DATA=$DATA set" \
+       "CONFIG_ENFR and CONFIG_FRENF to configs that read those" >&2
+  exit 2
+fi
+mkdir -p "$RUNS"
+
+# stage NAME OUTPUT COMMAND...: run COMMAND unless OUTPUT exists, check that it made OUTPUT, log the time taken.
+stage() {
+  local name=$1 output=$2 start
+  shift 2
+  if [[ -e $output ]]; then
+    echo "== $name: $output exists, skipped" >&2
+    printf '%s\t%s\tskipped\t%s\n' "$(date -Is)" "$name" "$output" >>"$TIMES"
+    return
+  fi
+  echo "== $name -> $output" >&2
+  start=${EPOCHREALTIME/[.,]/}  # microseconds
+  "$@"
+  if [[ ! -e $output ]]; then
+    echo "train_default.sh: stage $name ended without $output" >&2
+    exit 1
+  fi
+  local us=$((${EPOCHREALTIME/[.,]/} - start))
+  printf '%s\t%s\t%d.%d s\t%s\n' "$(date -Is)" "$name" $((us / 1000000)) $((us / 100000 % 10)) "$output" >>"$TIMES"
+}
+
+stage carve "$RUNS/data/tatoeba_dev.en.gz" \
+  "$PY" scripts/carve_dev.py --corpus "$DATA/tatoeba/train" --out "$RUNS/data/tatoeba" --dev-size "$DEV_SIZE"
+
+# averaged.pt is written when training ends (train.average_last); until then the same command resumes the run.
+stage en-fr "$RUN_ENFR/averaged.pt" "$PY" -m seq2seq.train --config "$CONFIG_ENFR" --out "$RUN_ENFR"
+
+# shellcheck disable=SC2086  # BT_ARGS is a list of flags
+stage bt "$BT.en.gz" "$PY" -m seq2seq.backtranslate --model "$RUN_ENFR/averaged.pt" \
+  --input "$DATA/multi30k/train_captions.en.gz" --out "$BT" ${BT_LIMIT:+--limit "$BT_LIMIT"} $BT_ARGS
+
+stage fr-en "$RUN_FRENF/averaged.pt" "$PY" -m seq2seq.train --config "$CONFIG_FRENF" --out "$RUN_FRENF"
+
+stage export "$OUT/model.safetensors" \
+  "$PY" -m seq2seq.export --model "$RUN_FRENF/averaged.pt" --format seq2seq --out "$OUT"
+
+if [[ $EVAL == 1 ]]; then
+  # the Markdown table for the model's README goes next to the runs; the scores go into $OUT/card.json
+  stage card "$OUT/card.json" \
+    bash -c '"$0" scripts/eval_model_card.py --model "$1" >"$2"' "$PY" "$OUT" "$RUNS/card-$(basename "$OUT").md"
+fi
+echo "== done: $OUT (stage times in $TIMES)" >&2
