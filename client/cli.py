@@ -17,27 +17,15 @@ import sys
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from seq2seq.options import ArgumentParser, add_decode_flags, decode_options_from_args  # torch-free
+
 from .client import TranslatorClient
 
-# flag -> DecodingOptions field; None default = unset, the server's default applies
-OPTIONS = [("--beam-size", int, "beam size K, 1 = greedy (default 4)"),
-           ("--length-penalty", float, "α of the GNMT length penalty (default 0.6)"),
-           ("--n-best", int, "hypotheses per sentence (default 1)"),
-           ("--max-len-a", float, "max output tokens = a · source tokens + b (default a = 1)"),
-           ("--max-len-b", int, "(default b = 50)"),
-           ("--min-len", int, "tokens before the end is allowed (default 0)"),
-           ("--temperature", float, "sampling temperature (default 1.0)"),
-           ("--top-k", int, "sample among the k most probable tokens (default 0 = off)"),
-           ("--top-p", float, "nucleus sampling mass (default 1.0 = off)"),
-           ("--num-samples", int, "samples per sentence (default 1)"),
-           ("--seed", int, "sampling seed (default: random)"),
-           ("--no-repeat-ngram-size", int, "forbid repeated n-grams of this size (default 0 = off)"),
-           ("--repetition-penalty", float, "(default 1.0 = off)")]
 CHUNK = 64  # texts per request when reading many lines (the server's default --max-texts)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seq2seq-client", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="seq2seq-client", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("texts", nargs="*", help="French texts; none = read stdin, one text per line")
     p.add_argument("--server", default=os.environ.get("SEQ2SEQ_SERVER", "localhost:50051"),
@@ -47,9 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("SEQ2SEQ_API_KEY", ""), help="(env SEQ2SEQ_API_KEY)")
     p.add_argument("--tls-ca", default="", help="PEM file of the CA to trust: TLS on")
     p.add_argument("--load-balancing", default="pick_first", choices=["pick_first", "round_robin"])
-    p.add_argument("--sample", action="store_true", help="sample instead of beam search")
-    for flag, kind, text in OPTIONS:
-        p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument("--no-split", action="store_true", help="translate each text whole, not sentence by sentence")
     p.add_argument("--scores", action="store_true", help="ask for scores and per-token log-probabilities")
     p.add_argument("--json", action="store_true", help="one JSON object per text (all hypotheses, scores)")
@@ -64,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", type=int, default=None, help="head for --attention, 0-based (default: the average)")
     p.add_argument("--health", action="store_true", help="print the health status; exit 0 iff SERVING")
     p.add_argument("--info", action="store_true", help="print the server's ModelInfo as JSON")
+    add_decode_flags(p, defaults=False)  # DecodeConfig's fields; unset = the server's default
     return p
 
 
@@ -104,8 +90,7 @@ def translate(client: TranslatorClient, args) -> int:
     else:
         with (open(args.file, encoding="utf-8") if args.file else sys.stdin) as f:
             texts = [line.rstrip("\n") for line in f]
-    options = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in OPTIONS}
-    options["sample"] = True if args.sample else None
+    options = decode_options_from_args(args)
     real = [i for i, t in enumerate(texts) if t.strip()]  # blank lines pass through as blank lines
     out = Printer(texts, args.json)
     want_attention = bool(args.attention or args.attention_html)

@@ -1,6 +1,7 @@
 """The model card's score table, as `seq2seq-eval` prints it: runs `seq2seq-eval --json` (beam 4, the defaults) on
 each test set, prints a Markdown table with the signatures, and writes the scores into MODEL/card.json (which the
-server's GetModelInfo returns).
+server's GetModelInfo returns). It also records a quick check there ("checks": BLEU of a 100-sentence slice, fp32 on
+CPU) that tests/test_shipped_model.py recomputes in seconds.
 
     python scripts/eval_model_card.py --model models/fr-en-small
 """
@@ -8,17 +9,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parent.parent  # the project root
+DATA = ROOT.parent / "shared" / "data"
 TEST_SETS = {  # name in the card -> corpus prefix (none of the held-out sets)
     "Multi30k test_2016_flickr": DATA / "multi30k" / "test_2016_flickr",
     "Multi30k test_2017_flickr": DATA / "multi30k" / "test_2017_flickr",
     "Tatoeba test v2021-08-07": DATA / "tatoeba" / "test_v2021-08-07",
     "WMT newstest2013": DATA / "wmt_news" / "newstest2013",
 }
+
+CHECK_SET, CHECK_SENTENCES = "Multi30k test_2016_flickr", 100  # the slice of the quick check
+
+
+def bleu_check(model: str, sentences: int = CHECK_SENTENCES) -> dict:
+    """card.json's "checks" entry: BLEU of the first `sentences` pairs of CHECK_SET, default decoding (beam 4), fp32 on
+    CPU, computed in-process exactly as `command` computes it (which the entry records, with the decoding settings)."""
+    from seq2seq.config import DecodeConfig
+    from seq2seq.data import read_corpus
+    from seq2seq.evaluate import score
+    from seq2seq.translate import translate_lines
+    from seq2seq.translator import Translator
+
+    translator = Translator.from_checkpoint(model, device="cpu", precision="fp32", max_input_tokens=100_000)
+    ds = read_corpus(str(TEST_SETS[CHECK_SET]))
+    sources, references = list(ds["src"][:sentences]), list(ds["tgt"][:sentences])
+    config = DecodeConfig()
+    result = score(translate_lines(translator, sources, config, use_json=False), references)
+    data = os.path.relpath(TEST_SETS[CHECK_SET], ROOT)
+    return {"test_set": CHECK_SET, "first_sentences": sentences, "metric": "BLEU", "value": result["bleu"],
+            "signature": result["bleu_signature"], "device": "cpu", "precision": "fp32", "decode": config.to_dict(),
+            "command": f"seq2seq-eval --model {model} --data {data} --limit {sentences} --device cpu --precision fp32"}
 
 
 def main() -> None:
@@ -39,6 +64,7 @@ def main() -> None:
     meta["scores"] = [s for name, r in rows for s in (
         {"test_set": name, "metric": "BLEU", "value": round(r["bleu"], 2), "signature": r["bleu_signature"]},
         {"test_set": name, "metric": "chrF", "value": round(r["chrf"], 2), "signature": r["chrf_signature"]})]
+    meta["checks"] = [bleu_check(args.model)]
     card.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     print("| test set | sentences | BLEU | chrF |\n|---|---:|---:|---:|")
     for name, r in rows:

@@ -77,9 +77,12 @@ def _load_dir(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"model directory {path} has no {name}")
     try:
         weights = load_file(str(path / WEIGHTS))
-        configs = json.loads((path / CONFIG).read_text())
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"corrupt or unreadable model in {path}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"corrupt or unreadable model file {path / WEIGHTS}: {str(e).splitlines()[0]}") from None
+    try:
+        configs = json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt or unreadable model file {path / CONFIG}: {str(e).splitlines()[0]}") from None
     weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     return {"model": weights, "configs": configs, "tokenizer": (path / TOKENIZER).read_bytes()}
 

@@ -6,6 +6,7 @@ YAML/JSON file. Validation happens once, in `__post_init__`, with messages a use
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -220,45 +221,80 @@ class TrainConfig(_DictMixin):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
 
+def option(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
+           le: float | None = None) -> Any:
+    """A DecodeConfig field that is a decoding option: its default, its help and its range, declared once.
+
+    Every command's flags (seq2seq-translate, seq2seq-eval, seq2seq-client), the proto conversion and the checks in
+    `DecodeConfig.__post_init__` are made from this metadata. Bounds are inclusive (ge, le) or exclusive (gt)."""
+    return field(default=default, metadata={"help": help, "ge": ge, "gt": gt, "le": le})
+
+
+def field_kind(f: dataclasses.Field) -> Any:
+    """A config field's value type from its annotation: bool, int, float, str, or "list" for tuples."""
+    t = str(f.type)
+    if "tuple" in t:
+        return "list"
+    for name, typ in (("bool", bool), ("int", int), ("float", float)):
+        if t.startswith(name):
+            return typ
+    return str
+
+
+def describe_range(f: dataclasses.Field) -> str:
+    """A field's allowed range as the error messages and --help say it: "in [0, 10]", ">= 1", "in (0, 1]"."""
+    m = f.metadata
+    low = None if m["ge"] is None and m["gt"] is None else ("[", m["ge"]) if m["ge"] is not None else ("(", m["gt"])
+    if low is not None and m["le"] is not None:
+        return f"in {low[0]}{low[1]}, {m['le']}]"
+    if low is not None:
+        return f"{'>=' if low[0] == '[' else '>'} {low[1]}"
+    return f"<= {m['le']}" if m["le"] is not None else ""
+
+
 @dataclass(frozen=True)
 class DecodeConfig(_DictMixin):
-    """How to search for a translation. Defaults follow the paper §6.1: beam 4, length penalty α = 0.6, and an
-    output of at most (source length + 50) tokens.
+    """How to search for a translation: every decoding option, declared once (see `option`). Defaults follow the
+    paper §6.1: beam 4, length penalty α = 0.6, and an output of at most (source length + 50) tokens. The proto's
+    DecodingOptions has exactly these fields (tests/test_options.py checks it).
     """
 
-    beam_size: int = 4  # K; 1 = greedy
-    length_penalty: float = 0.6  # α of the GNMT penalty ((5 + |Y|) / 6)^α, in [0, 10] (beyond, it overflows); 0 = none
-    n_best: int = 1  # hypotheses returned per input (<= beam_size, or <= num_samples when sampling)
-    max_len_a: float = 1.0  # max output tokens = a * source tokens + b
-    max_len_b: int = 50
-    min_len: int = 0  # EOS is forbidden before this many tokens
-    sample: bool = False  # sample instead of beam search
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    num_samples: int = 1
-    seed: int | None = None  # per-request seed for sampling; None = nondeterministic
-    no_repeat_ngram_size: int = 0  # 0 = off
-    repetition_penalty: float = 1.0  # 1.0 = off (CTRL-style, divides positive logits)
-    return_attention: bool = False  # keep each output token's cross-attention
+    beam_size: int = option(4, "beam size K; 1 = greedy search", ge=1)
+    length_penalty: float = option(0.6, "α of the GNMT length penalty ((5 + |Y|) / 6)^α; 0 = none (beyond 10 the "
+                                        "penalty overflows)", ge=0, le=10)
+    n_best: int = option(1, "hypotheses returned per sentence, at most beam_size (num_samples when sampling)", ge=1)
+    max_len_a: float = option(1.0, "max output tokens = a · source tokens + b: the a", ge=0, le=4.0)
+    max_len_b: int = option(50, "max output tokens = a · source tokens + b: the b", ge=0, le=1024)
+    min_len: int = option(0, "output tokens before the end of sentence is allowed", ge=0, le=1024)
+    sample: bool = option(False, "sample instead of beam search")
+    temperature: float = option(1.0, "sampling temperature (below 0.001, log p / T overflows float32)", ge=1e-3)
+    top_k: int = option(0, "sample among the k most probable tokens; 0 = off", ge=0)
+    top_p: float = option(1.0, "nucleus sampling: sample in the smallest set of tokens of this probability mass; "
+                               "1 = off", gt=0, le=1)
+    num_samples: int = option(1, "samples drawn per sentence", ge=1)
+    seed: int | None = option(None, "sampling seed: the same seed and text give the same output; unset = random",
+                              ge=0, le=2 ** 64 - 1)
+    no_repeat_ngram_size: int = option(0, "forbid repeating n-grams of this size; 0 = off", ge=0)
+    repetition_penalty: float = option(1.0, "CTRL-style penalty on tokens already produced (divides positive "
+                                            "logits); 1 = off", gt=0, le=100)
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.beam_size >= 1, f"beam_size must be >= 1, got {self.beam_size}"),
-            (0 <= self.length_penalty <= 10, f"length_penalty must be in [0, 10], got {self.length_penalty}"),
-            (self.n_best >= 1, f"n_best must be >= 1, got {self.n_best}"),
-            (self.max_len_a >= 0 and self.max_len_b >= 0, "max_len_a and max_len_b must be >= 0"),
-            (self.min_len >= 0, f"min_len must be >= 0, got {self.min_len}"),
-            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
-            (self.top_k >= 0, f"top_k must be >= 0 (0 = off), got {self.top_k}"),
-            (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}"),
-            (self.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"),
-            (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), field_kind(f)
+            if value is None and "None" in str(f.type):
+                continue
+            if kind is bool and not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+            if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{f.name} must be a number, got {value!r}")
+            if kind is float and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
+            m = f.metadata
+            if ((m["ge"] is not None and value < m["ge"]) or (m["gt"] is not None and value <= m["gt"])
+                    or (m["le"] is not None and value > m["le"])):
+                raise ConfigError(f"{f.name} must be {describe_range(f)}, got {value}")
         limit = self.num_samples if self.sample else self.beam_size
         if self.n_best > limit:
             what = "num_samples" if self.sample else "beam_size"

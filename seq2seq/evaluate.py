@@ -3,7 +3,6 @@ with sacrebleu (BLEU and chrF, with their signatures). Also the dev loss and dev
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -13,10 +12,12 @@ from pathlib import Path
 import sacrebleu
 import torch
 
+from .checkpoint import CheckpointError
 from .config import ConfigError, DecodeConfig
 from .data import DataError, read_corpus, sequential_batches
 from .loss import label_smoothed_loss
-from .options import add_decode_flags, add_model_flags, decode_config_from_args
+from .options import ArgumentParser, add_decode_flags, add_model_flags, decode_config_from_args
+from .translator import InputError
 
 log = logging.getLogger("seq2seq.eval")
 
@@ -56,7 +57,7 @@ def dev_bleu(model, tokenizer, sources: list[str], references: list[str], device
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
-    p = argparse.ArgumentParser(prog="seq2seq-eval", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="seq2seq-eval", description=__doc__.split("\n")[0])
     add_model_flags(p)
     p.add_argument("--data", help="test corpus: dir/name prefix (name.fr[.gz] + name.en[.gz]), .tsv, .jsonl or hf:ID")
     p.add_argument("--src", help="source file (one sentence per line); with --ref, instead of --data")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         translator = Translator.from_checkpoint(args.model, device=args.device, precision=args.precision,
                                                 max_input_tokens=100_000)  # first: a missing model is said first
         if bool(args.data) == bool(args.src and args.ref):
-            raise ValueError("give either --data or both --src and --ref")
+            raise ConfigError("give either --data or both --src and --ref")
         config = decode_config_from_args(args)
         if args.data:
             ds = read_corpus(args.data)
@@ -85,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.limit:
             sources, references = sources[:args.limit], references[:args.limit]
         hyps = translate_lines(translator, list(sources), config, use_json=False)  # empty source: empty hypothesis
-    except (ValueError, ConfigError, DataError, OSError) as e:
+    except (ConfigError, CheckpointError, DataError, InputError, OSError) as e:
         print(f"seq2seq-eval: error: {e}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:
+        print(f"seq2seq-eval: error: a file is not UTF-8 text ({e.reason} at byte {e.start})", file=sys.stderr)
         return 2
     if args.hyp_out:
         Path(args.hyp_out).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")

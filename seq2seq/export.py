@@ -12,7 +12,6 @@ position 0, which only the start symbol uses (see `fold_start_embedding`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, load_model, save_model_dir
-from .options import add_model_flags
+from .options import ArgumentParser, add_model_flags
 from .model import Transformer
 from .tokenizer import Tokenizer
 
@@ -174,7 +173,7 @@ EXPORTERS = {"marian": export_marian, "ctranslate2": export_ctranslate2, "seq2se
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="seq2seq-export", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="seq2seq-export", description=__doc__.split("\n")[0])
     add_model_flags(p, device=False)
     p.add_argument("--format", default="marian", choices=sorted(EXPORTERS))
     p.add_argument("--out", required=True, help="a new or an existing empty directory")

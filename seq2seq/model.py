@@ -75,6 +75,9 @@ class Transformer(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_dec_layers))
         self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.pre_norm else nn.Identity()
+        # Set only for int8 inference (seq2seq.translator.quantize_int8): a module computing y · Eᵀ with the same
+        # matrix, in a form a quantizer can turn into an int8 product. None: the product below, in the model's dtype.
+        self.output_projection: nn.Module | None = None
         self._init_linear()
 
     def _init_linear(self) -> None:
@@ -97,7 +100,8 @@ class Transformer(nn.Module):
         <pad> is never an output, so its logit is −inf, in training as in decoding. This also keeps its row of the
         shared matrix at zero (no gradient reaches it), which is what Marian and CTranslate2 assume of the
         decoder's start symbol."""
-        return (y @ self.embed.tokens.weight.t()).index_fill(-1, self._pad_index, float("-inf"))
+        logits = y @ self.embed.tokens.weight.t() if self.output_projection is None else self.output_projection(y)
+        return logits.index_fill(-1, self._pad_index, float("-inf"))
 
     def encode(self, src_ids: Tensor, src_pad_mask: Tensor | None = None, need_weights: bool = False) -> Memory:
         """src_ids (B, S) long, src_pad_mask (B, S) bool True = padding (default: ids == pad) -> Memory.

@@ -17,21 +17,21 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, DataConfig, DecodeConfig, ModelConfig, TrainConfig
+from .config import ConfigError, DataConfig, DecodeConfig, ModelConfig, TrainConfig, describe_range, field_kind
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 _SKIP = {("model", "vocab_size")}
 
 
-def field_type(f: dataclasses.Field) -> Any:
-    """A config field's flag type: bool, int, float, str, or "list" for tuples."""
-    t = str(f.type)
-    if "tuple" in t:
-        return "list"
-    for name, typ in (("bool", bool), ("int", int), ("float", float)):
-        if t.startswith(name):
-            return typ
-    return str
+field_type = field_kind  # a config field's flag type: bool, int, float, str, or "list" for tuples
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a wrong flag or value is one line on stderr (`prog: error: ...`) and exit 2: no usage block,
+    which hides the message on a narrow terminal; `--help` still shows everything."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parse_bool(text: str) -> bool:
@@ -99,29 +99,33 @@ def add_model_flags(parser: argparse.ArgumentParser, device: bool = True) -> Non
     parser.add_argument("--model", default=default_model(), help="checkpoint file (default: the shipped model)")
     if device:
         parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
-        parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+        parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                            help="auto = bf16 on CUDA and on CPUs with bf16 matrix instructions, int8 on other CPUs; "
+                                 "fp16 needs CUDA, int8 runs on CPU (default fp32)")
 
 
-def add_decode_flags(parser: argparse.ArgumentParser) -> None:
-    """--beam-size, --length-penalty, ... spelled as DecodeConfig's fields (default: DecodeConfig's defaults)."""
-    d = DecodeConfig()
+def add_decode_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """One flag per DecodeConfig field (`--beam-size` ↔ beam_size), with the field's help, range and default.
+
+    defaults=False (the client): every flag defaults to None = not given, so the server's defaults apply."""
     g = parser.add_argument_group("decoding (defaults: the paper's beam 4, α = 0.6)")
-    g.add_argument("--beam-size", type=int, default=d.beam_size)
-    g.add_argument("--length-penalty", type=float, default=d.length_penalty)
-    g.add_argument("--n-best", type=int, default=d.n_best)
-    g.add_argument("--max-len-a", type=float, default=d.max_len_a)
-    g.add_argument("--max-len-b", type=int, default=d.max_len_b)
-    g.add_argument("--min-len", type=int, default=d.min_len)
-    g.add_argument("--sample", action="store_true")
-    g.add_argument("--temperature", type=float, default=d.temperature)
-    g.add_argument("--top-k", type=int, default=d.top_k)
-    g.add_argument("--top-p", type=float, default=d.top_p)
-    g.add_argument("--num-samples", type=int, default=d.num_samples)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--no-repeat-ngram-size", type=int, default=d.no_repeat_ngram_size)
-    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
+    for f in dataclasses.fields(DecodeConfig):
+        flag, kind = "--" + f.name.replace("_", "-"), field_kind(f)
+        text = f.metadata["help"] + (f"; {describe_range(f)}" if describe_range(f) else "")
+        if kind is bool:
+            g.add_argument(flag, action="store_true", default=f.default if defaults else None, help=text)
+            continue
+        shown = "unset" if f.default is None else f.default
+        g.add_argument(flag, type=kind, default=f.default if defaults else None, metavar=f.name.upper(),
+                       help=f"{text} (default {shown})")
+
+
+def decode_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The DecodeConfig fields that were given on the command line (for add_decode_flags(defaults=False))."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
-    names = [f for f in DecodeConfig.__dataclass_fields__ if f != "return_attention"]
-    return DecodeConfig(**{f: getattr(args, f) for f in names})
+    """DecodeConfig from the flags; a value out of range raises ConfigError with the field's allowed range."""
+    return DecodeConfig(**decode_options_from_args(args))

@@ -34,7 +34,7 @@ from .evaluate import dev_bleu, dev_loss
 from .loss import label_smoothed_loss
 from .model import Transformer
 from .optim import build_optimizer
-from .options import add_config_flags, build, merge, read_config_file
+from .options import ArgumentParser, add_config_flags, build, merge, read_config_file
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("seq2seq.train")
@@ -347,7 +347,7 @@ def finish(run: Run) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="seq2seq-train", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="seq2seq-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML or JSON file with model/data/train sections")
     parser.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl, loss.png; reused to resume")
     add_config_flags(parser)

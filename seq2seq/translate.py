@@ -5,14 +5,13 @@ tokens, per-token log-probs, and the n-best alternatives).
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
-from .options import add_decode_flags, add_model_flags, decode_config_from_args
+from .options import ArgumentParser, add_decode_flags, add_model_flags, decode_config_from_args
 from .translator import InputError, Translation, Translator
 
 
@@ -30,7 +29,7 @@ def translate_lines(translator: Translator, lines: list[str], config, use_json: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="seq2seq-translate", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="seq2seq-translate", description=__doc__.split("\n")[0])
     add_model_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--chunk-lines", type=int, default=256, help="lines read and translated at a time")
@@ -44,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
             for out in translate_lines(translator, chunk, config, args.json):
                 print(out)
             sys.stdout.flush()
-    except (ConfigError, CheckpointError, InputError, ValueError) as e:
+    except (ConfigError, CheckpointError, InputError) as e:
         print(f"seq2seq-translate: error: {e}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:
+        print(f"seq2seq-translate: error: the input is not UTF-8 text ({e.reason} at byte {e.start})", file=sys.stderr)
         return 2
     return 0
 

@@ -14,7 +14,7 @@ import torch
 
 from .attention_maps import AttentionMaps, attention_maps
 from .checkpoint import load_model
-from .config import DecodeConfig
+from .config import ConfigError, DecodeConfig
 from .decoding import Hypothesis, decode
 from .model import Transformer
 from .tokenizer import EOS_ID, Tokenizer
@@ -54,33 +54,101 @@ class Translation:
     alternatives: tuple["Translation", ...] = ()  # the 2nd … n-th best, when n_best > 1
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+
+
+def fast_bf16_cpu() -> bool:
+    """True on CPUs with bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 products run 2-3× fp32's."""
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def auto_precision(device: torch.device) -> str:
+    """What `--precision auto` picks: the fastest precision at equal quality on this device (docs/benchmarks.md).
+
+    CUDA: bf16 where supported, else fp32. CPU: bf16 where bf16 products are fast; elsewhere int8 (dynamic
+    quantization of the linear layers), which measured faster than fp32 at the same BLEU.
+    """
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if fast_bf16_cpu():
+        return "bf16"
+    return "int8" if int8_engine() is not None else "fp32"
+
+
+def int8_engine() -> str | None:
+    """The quantized-kernel backend for int8 on this CPU, or None if torch has none: fbgemm on x86 (it measured
+    faster than torch's "x86" and "onednn" engines here, docs/benchmarks.md), qnnpack on ARM."""
+    engines = torch.backends.quantized.supported_engines
+    for name in ("fbgemm", "x86", "onednn", "qnnpack"):
+        if name in engines:
+            return name
+    return None
+
+
+def quantize_int8(model: Transformer) -> Transformer:
+    """Dynamic int8 quantization (torch.ao.quantization, a maintained part of torch with fbgemm/qnnpack kernels):
+    every nn.Linear gets int8 weights (one scale per output channel) and quantizes its input per call at run time;
+    products accumulate in int32. The pre-softmax projection, y · Eᵀ with the shared embedding E (§3.4), is the
+    largest product of a decoding step (D × V per row), so it is quantized too, from a copy of E: measured 1.35×
+    faster for 0.16 BLEU on 300 sentences (docs/benchmarks.md). The embedding lookup itself stays fp32. CPU only.
+    """
+    import warnings
+
+    from torch import nn
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    engine = int8_engine()
+    if engine is None:
+        raise ConfigError("precision int8 needs a quantized backend (fbgemm, oneDNN or qnnpack); this torch has none")
+    torch.backends.quantized.engine = engine
+    model = model.float().eval()
+    projection = nn.Linear(model.config.d_model, model.vocab_size, bias=False)
+    projection.weight = model.embed.tokens.weight  # the same matrix; quantize_dynamic makes its own int8 copy
+    model.output_projection = projection
+    with warnings.catch_warnings():  # torch announces the move of this API to torchao; it works as documented
+        warnings.simplefilter("ignore")
+        quantized = quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    model.output_projection = None  # the caller's fp32 model is unchanged
+    return quantized
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for but CUDA is not available")
+        raise ConfigError("device cuda was asked for but CUDA is not available")
     try:
         return torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
 
 
 class Translator:
     """Args:
         model, tokenizer: a trained pair (see `from_checkpoint`).
-        device: auto | cpu | cuda[:n]. precision: fp32 | bf16 | fp16 (fp16 on CUDA only).
+        device: auto | cpu | cuda[:n].
+        precision: auto | fp32 | bf16 | fp16 | int8; fp16 on CUDA only, int8 on CPU only; auto: `auto_precision`.
         max_input_tokens: longer texts are rejected. max_batch_tokens: source tokens per decoding batch.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, device: str = "auto", precision: str = "fp32",
                  max_input_tokens: int = 512, max_batch_tokens: int = 4096):
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
+        if precision == "auto":
+            precision = auto_precision(self.device)
         if precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("precision fp16 needs CUDA; use bf16 or fp32 on CPU")
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        self.model = model.to(self.device, dtype).eval()
+            raise ConfigError("precision fp16 needs CUDA; use bf16, int8 or fp32 on CPU")
+        if precision == "int8" and self.device.type != "cpu":
+            raise ConfigError("precision int8 runs on CPU only; use bf16 or fp16 on CUDA")
+        self.num_parameters = model.num_parameters()  # before int8 turns weights into packed buffers
+        if precision == "int8":
+            self.model = quantize_int8(model)
+        else:
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+            self.model = model.to(self.device, dtype).eval()
         self.tokenizer, self.precision = tokenizer, precision
         self.max_input_tokens, self.max_batch_tokens = max_input_tokens, max_batch_tokens
         self.lock = threading.Lock()
@@ -92,11 +160,15 @@ class Translator:
 
     # ---- the pipeline: encode → batch → decode → detokenize ------------------------------------------------------
 
-    def translate(self, texts: list[str], config: DecodeConfig = DecodeConfig()) -> list[Translation]:
+    def translate(self, texts: list[str], config: DecodeConfig = DecodeConfig(),
+                  return_attention: bool = False) -> list[Translation]:
+        """return_attention: fill Translation.attention with each output piece's cross-attention (the average over
+        the last layer's heads, as decoding saw it)."""
         src = self.encode(texts)
         results: list[list[Hypothesis] | None] = [None] * len(src)
         for idx in self.batches(src):
-            for i, hyps in zip(idx, self.decode_batch([src[i] for i in idx], config)):
+            for i, hyps in zip(idx, self.decode_batch([src[i] for i in idx], config,
+                                                      return_attention=return_attention)):
                 results[i] = hyps
         return [self.detokenize(src[i], hyps) for i, hyps in enumerate(results)]
 
@@ -125,8 +197,8 @@ class Translator:
             longest = longest_new
         return groups + ([current] if current else [])
 
-    def decode_batch(self, src: list[list[int]], config: DecodeConfig,
-                     should_stop: Callable[[], bool] | None = None) -> list[list[Hypothesis]]:
+    def decode_batch(self, src: list[list[int]], config: DecodeConfig, should_stop: Callable[[], bool] | None = None,
+                     return_attention: bool = False) -> list[list[Hypothesis]]:
         """Source ids (with </s>) -> n-best hypotheses each. `should_stop` is asked before every step; True raises
         Cancelled."""
         pad = self.tokenizer.pad_id
@@ -136,7 +208,7 @@ class Translator:
         src_ids = src_ids.to(self.device)
         model = self.model if should_stop is None else _Stoppable(self.model, should_stop)
         with self.lock, torch.inference_mode():
-            return decode(model, src_ids, src_ids.eq(pad), config)
+            return decode(model, src_ids, src_ids.eq(pad), config, return_attention=return_attention)
 
     def detokenize(self, src: list[int], hyps: list[Hypothesis]) -> Translation:
         source_tokens = tuple(self.tokenizer.pieces(src))

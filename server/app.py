@@ -79,7 +79,7 @@ class Server:
                 torch.set_num_threads(c.threads)
             path = c.model or default_model()
             translator = self._translator or Translator.from_checkpoint(
-                path, device=c.device, precision=_precision(c.precision, c.device),
+                path, device=c.device, precision=c.precision,
                 max_input_tokens=c.max_tokens, max_batch_tokens=c.max_batch_tokens)
             translator.translate(["Bonjour."])  # warm-up: the first decode allocates and picks kernels
             self.state.info = model_info(translator, path, c)
@@ -106,6 +106,7 @@ class Server:
         self.grpc.stop(self.config.grace_s if grace is None else grace).wait()
         if self.state.batcher is not None:
             self.state.batcher.stop(timeout=5)
+        self.metrics.close()
         log.info("stopped")
 
     def _set_health(self, status) -> None:
@@ -135,17 +136,6 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
-def _precision(precision: str, device: str) -> str:
-    """auto: bf16 where bf16 matrix products are fast (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else fp32."""
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available() and device != "cpu":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    cpu = torch.cpu
-    fast = any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return "bf16" if fast else "fp32"
-
-
 def model_info(translator: Translator, path, config: ServerConfig) -> pb.ModelInfo:
     """ModelInfo from the model and, for a model directory, its card (README.md) and card.json (data, scores)."""
     model = translator.model
@@ -157,7 +147,7 @@ def model_info(translator: Translator, path, config: ServerConfig) -> pb.ModelIn
     return pb.ModelInfo(
         name=(path.name if path is not None else "in-process"), source_language="fr", target_language="en",
         vocab_size=model.vocab_size, model_config_json=json.dumps(model.config.to_dict()),
-        parameters=model.num_parameters(), device=str(translator.device), precision=translator.precision,
+        parameters=translator.num_parameters, device=str(translator.device), precision=translator.precision,
         training_data=meta.get("training_data", ""), model_card=card,
         scores=[pb.Score(**s) for s in meta.get("scores", [])],
         limits=pb.ServerLimits(max_texts=config.max_texts, max_chars=config.max_chars, max_tokens=config.max_tokens,

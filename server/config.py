@@ -19,7 +19,8 @@ class ServerConfig:
     port: int = opt(50051, "gRPC port; 0 = any free port")
     model: str = opt("", "checkpoint file or model directory; \"\" = the shipped default model under models/")
     device: str = opt("auto", "auto | cpu | cuda[:n]; auto = CUDA when available")
-    precision: str = opt("auto", "auto | fp32 | bf16 | fp16; auto = bf16 (CPU with bf16 matmuls, or CUDA), else fp32")
+    precision: str = opt("auto", "auto | fp32 | bf16 | fp16 | int8; auto = bf16 on CUDA and on CPUs with bf16 "
+                                 "matrix instructions, int8 on other CPUs")
     threads: int = opt(0, "torch CPU threads; 0 = torch's default")
     batch_window_ms: float = opt(5.0, "how long the first queued request waits for others to share its batch; 0 = no")
     max_batch_tokens: int = opt(4096, "padded source tokens per decoding batch")
@@ -46,6 +47,10 @@ class ServerConfig:
             raise ValueError(f"workers ({self.workers}) must be > max_queue ({self.max_queue})")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
+        from seq2seq.translator import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be json or text, got {self.log_format!r}")
 

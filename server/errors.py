@@ -14,7 +14,9 @@ class Unavailable(Exception):
 
 
 def status_of(error: BaseException) -> grpc.StatusCode:
-    if isinstance(error, (InputError, ConfigError, ValueError)):
+    """Only the errors that say the request was wrong are INVALID_ARGUMENT; any other exception (a ValueError from
+    torch or a bug of ours included) is INTERNAL: the client did nothing wrong, and the server logs it."""
+    if isinstance(error, (InputError, ConfigError)):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(error, QueueFull):
         return grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -14,6 +14,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter("seq2seq_requests", "RPCs finished, by method and status code",
                                 ["method", "code"], registry=r)
+        self.errors = Counter("seq2seq_errors", "RPCs that ended with a status other than OK, by status code",
+                              ["code"], registry=r)
         self.latency = Histogram("seq2seq_request_seconds", "RPC latency, by method", ["method"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.batches = Counter("seq2seq_decode_batches", "decoding batches run", registry=r)
@@ -36,5 +38,12 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; returns the port it listens on."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return server.server_port
+        self.http, self.http_thread = start_http_server(port, addr=host, registry=self.registry)
+        return self.http.server_port
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint (if started) and free its port."""
+        if getattr(self, "http", None) is not None:
+            self.http.shutdown()
+            self.http.server_close()
+            self.http = None

@@ -15,6 +15,7 @@ class Layout:
     """Where each sentence of a text sits: lines[i] = the number of sentences on line i (0 for a blank line)."""
 
     lines: tuple[int, ...]
+    newline: str = "\n"  # the text's line end, "\n" or "\r\n": the translation keeps it
 
 
 @lru_cache(maxsize=1)
@@ -27,19 +28,20 @@ def _splitter():
 def split(text: str, sentences: bool = True) -> tuple[list[str], Layout]:
     """text -> (its non-empty sentences in order, the layout to join their translations back)."""
     out, counts = [], []
+    newline = "\r\n" if "\r\n" in text else "\n"
     for line in text.split("\n"):
         parts = [p for p in (_splitter().split(line) if sentences else [line.strip()]) if p.strip()]
         out.extend(parts)
         counts.append(len(parts))
     if not out and text.strip():  # nothing the splitter kept: the text as one sentence
-        return [text.strip()], Layout((1,))
-    return out, Layout(tuple(counts))
+        return [text.strip()], Layout((1,), newline)
+    return out, Layout(tuple(counts), newline)
 
 
 def join(translations: list[str], layout: Layout) -> str:
-    """The inverse of `split`: sentences of a line joined by a space, lines by newlines."""
+    """The inverse of `split`: sentences of a line joined by a space, lines by the text's own line end."""
     lines, i = [], 0
     for n in layout.lines:
         lines.append(" ".join(translations[i:i + n]))
         i += n
-    return "\n".join(lines)
+    return layout.newline.join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from contextlib import contextmanager
 
 import grpc
@@ -117,12 +118,17 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
             code = status_of(e)
             if isinstance(e, Cancelled) and context.time_remaining() <= 0:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("internal error in %s", method)
-            context.abort(code, str(e) if code != grpc.StatusCode.INTERNAL else f"internal error: {type(e).__name__}")
+            message = str(e)
+            if code == grpc.StatusCode.INTERNAL:  # the traceback goes to the log, nothing of it to the client
+                error_id = uuid.uuid4().hex[:12]
+                log.exception("internal error in %s", method, extra={"error_id": error_id})
+                message = f"internal error {error_id}: the server logged it"
+            context.abort(code, message)
         finally:
             seconds = time.perf_counter() - start
             self.state.metrics.requests.labels(method, code.name).inc()
+            if code != grpc.StatusCode.OK:
+                self.state.metrics.errors.labels(code.name).inc()
             self.state.metrics.latency.labels(method).observe(seconds)
             log.info("rpc", extra={"method": method, "code": code.name, "ms": round(1000 * seconds, 1),
                                    "peer": context.peer()})

@@ -21,7 +21,7 @@ from conftest import WORDS
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # long enough to have sentences of several words, short enough to keep every map small
-DECODE = DecodeConfig(beam_size=2, n_best=2, min_len=4, max_len_a=0.0, max_len_b=7, return_attention=True)
+DECODE = DecodeConfig(beam_size=2, n_best=2, min_len=4, max_len_a=0.0, max_len_b=7)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_every_row_is_a_distribution_and_the_future_is_masked(translator):
 def test_cross_average_is_what_decoding_saw_for_every_hypothesis(tokenizer):
     """The teacher-forced pass recomputes the incremental decoder's attention, for the best and the alternatives."""
     translator = make_translator(tokenizer, "fp32")
-    best = translator.translate(["ce di fo ga ke"], DECODE)[0]
+    best = translator.translate(["ce di fo ga ke"], DECODE, return_attention=True)[0]
     for translation in (best, best.alternatives[0]):
         maps = translator.attention_maps(translation)
         torch.testing.assert_close(maps.cross_average, torch.tensor(translation.attention), atol=1e-5, rtol=0)

@@ -225,8 +225,8 @@ def test_cached_decoding_equals_teacher_forcing(model, config):
 
 def test_attention_rows_cover_the_real_source(model):
     src, mask = sources()
-    for config in (DecodeConfig(max_len_b=6, return_attention=True), DecodeConfig(beam_size=1, return_attention=True)):
-        for i, [h] in enumerate(decode(model, src, mask, config)):
+    for config in (DecodeConfig(max_len_b=6), DecodeConfig(beam_size=1)):
+        for i, [h] in enumerate(decode(model, src, mask, config, return_attention=True)):
             assert h.attention.shape == (len(h.token_log_probs), int((~mask[i]).sum()))
             assert torch.allclose(h.attention.sum(-1), torch.ones(len(h.token_log_probs)), atol=1e-5)
 

@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 
 from client import TranslatorClient
 from client.translation.v1 import translator_pb2 as pb
-from seq2seq.config import DecodeConfig
+from seq2seq.config import ConfigError, DecodeConfig
 from seq2seq.translator import Translator
+from server import convert, sentences
 from server.app import Server
 from server.config import ServerConfig
 
@@ -137,7 +138,7 @@ BAD = [  # (texts, options, status code, message pattern)
     (["ba"], {"beam_size": 9}, "INVALID_ARGUMENT", "beam_size must be <= 8 on this server, got 9"),
     (["ba"], {"beam_size": 2, "n_best": 3}, "INVALID_ARGUMENT", r"n_best \(3\) must be <= beam_size \(2\)"),
     (["ba"], {"sample": True, "top_p": 1.5}, "INVALID_ARGUMENT", r"top_p must be in \(0, 1\], got 1.5"),
-    (["ba"], {"sample": True, "temperature": -1}, "INVALID_ARGUMENT", "temperature must be > 0, got -1"),
+    (["ba"], {"sample": True, "temperature": -1}, "INVALID_ARGUMENT", "temperature must be >= 0.001, got -1"),
     (["ba"], {"temperature": float("nan")}, "INVALID_ARGUMENT", "temperature must be a finite number, got nan"),
     (["ba"], {"max_len_a": 10}, "INVALID_ARGUMENT", r"max_len_a must be in \[0, 4.0\]"),
     (["ba"], {"length_penalty": 4000}, "INVALID_ARGUMENT", r"length_penalty must be in \[0, 10\], got 4000"),
@@ -200,17 +201,43 @@ option_values = st.fixed_dictionaries({}, optional={
 outcomes = {"ok": 0, "rejected": 0}
 
 
+def expected_rejection(request: pb.TranslateRequest, translator: Translator) -> str | None:
+    """The oracle: None if the server's documented rules accept `request`, else a pattern of the INVALID_ARGUMENT
+    message it must get. The rules, in the server's order: server.convert.check_texts and decode_config, called
+    directly (their message, exactly), then the per-sentence token limit after splitting."""
+    try:
+        convert.check_texts(request.texts, CONFIG)
+        convert.decode_config(request.options, CONFIG)
+    except ConfigError as e:
+        return re.escape(str(e))
+    split = request.split_sentences if request.HasField("split_sentences") else True
+    for n, text in enumerate(request.texts):
+        for sentence in sentences.split(text, split)[0]:
+            tokens = len(translator.tokenizer.encode(sentence)) + 1  # with </s>
+            if tokens > translator.max_input_tokens:
+                return (rf"text {n} has a sentence of {tokens} tokens \(.*\); "
+                        rf"the limit is {translator.max_input_tokens} per sentence")
+    return None
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(texts=st.lists(st.one_of(words.map(" ".join), printable), max_size=10), options=option_values,
        scores=st.booleans(), attention=st.booleans(), split=st.sampled_from([None, True, False]))
-def test_random_requests_never_get_unknown_or_internal(client, texts, options, scores, attention, split):
+def test_random_requests_get_ok_or_exactly_the_rejection_the_rules_predict(client, translator, texts, options,
+                                                                           scores, attention, split):
+    request = TranslatorClient.request(texts, options, scores, attention, split)
+    rejection = expected_rejection(request, translator)  # decided before the call
     try:
-        reply = client.translate(texts, options, return_scores=scores, return_attention=attention,
-                                 split_sentences=split)
+        reply = client.stub.Translate(request, timeout=client.timeout)
     except grpc.RpcError as e:
-        assert e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED), e.details()
-        outcomes["rejected"] += 1
+        if rejection is None:  # valid: only the deadline may stop it (INTERNAL, UNKNOWN, INVALID_ARGUMENT: a bug)
+            assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, f"a valid request got {e.code().name}: {e.details()}"
+        else:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{e.code().name}: {e.details()}"
+            assert re.fullmatch(rejection, e.details(), re.DOTALL), f"{e.details()!r} !~ {rejection!r}"
+            outcomes["rejected"] += 1
     else:
+        assert rejection is None, f"translated, but the rules reject it: {rejection}"
         assert len(reply.results) == len(texts) and all(r.sentences for r in reply.results)
         outcomes["ok"] += 1
 

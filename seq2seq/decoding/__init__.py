@@ -69,18 +69,19 @@ class StepModel(Protocol):
 
 
 def decode(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig,
-           generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
+           generator: torch.Generator | None = None, return_attention: bool = False) -> list[list[Hypothesis]]:
     """Translate a batch: sampling if `config.sample`, else greedy for beam_size 1, else beam search.
 
     The model should be in eval mode (dropout off); decoding runs under torch.inference_mode.
     Args:
         src_ids: (B, S) long. src_pad_mask: (B, S) bool, True = padding.
         generator: random source for sampling when `config.seed` is None.
+        return_attention: keep each output token's cross-attention (Hypothesis.attention).
     Returns: B lists of up to n_best hypotheses, best first.
     """
     with torch.inference_mode():
         if config.sample:
-            return sample(model, src_ids, src_pad_mask, config, generator)
+            return sample(model, src_ids, src_pad_mask, config, generator, return_attention)
         if config.beam_size == 1:
-            return greedy_search(model, src_ids, src_pad_mask, config)
-        return beam_search(model, src_ids, src_pad_mask, config)
+            return greedy_search(model, src_ids, src_pad_mask, config, return_attention)
+        return beam_search(model, src_ids, src_pad_mask, config, return_attention)

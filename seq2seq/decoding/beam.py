@@ -21,13 +21,14 @@ if TYPE_CHECKING:
     from . import StepModel
 
 
-def beam_search(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor,
-                config: DecodeConfig) -> list[list[Hypothesis]]:
-    """Args: src_ids (B, S) long; src_pad_mask (B, S) bool, True = padding.
+def beam_search(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig,
+                return_attention: bool = False) -> list[list[Hypothesis]]:
+    """Args: src_ids (B, S) long; src_pad_mask (B, S) bool, True = padding; return_attention: keep each output
+    token's cross-attention in the hypotheses.
 
     Returns: per sentence, its n_best hypotheses, best first by length-normalised score.
     """
-    beams = _Beams(model, src_ids, src_pad_mask, config)
+    beams = _Beams(model, src_ids, src_pad_mask, config, return_attention)
     for step in range(beams.max_steps):
         beams.step(step)
         if not beams.sentences:
@@ -38,20 +39,21 @@ def beam_search(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor,
 class _Beams:
     """The live beams of the sentences still searched: row a · K + k is beam k of active sentence a."""
 
-    def __init__(self, model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig):
+    def __init__(self, model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig,
+                 return_attention: bool):
         b, k, device = src_ids.size(0), config.beam_size, src_ids.device
         limits = max_output_lengths(src_pad_mask, config)  # B × max output tokens
         self.model, self.config, self.k = model, config, k
         self.memory = model.encode(src_ids, src_pad_mask).reorder(torch.arange(b, device=device).repeat_interleave(k))
         self.max_steps = max(limits) + 1  # the last step can only write eos
-        self.state = model.init_state(self.memory, self.max_steps, config.return_attention)
+        self.state = model.init_state(self.memory, self.max_steps, return_attention)
         self.sentences = list(range(b))  # A × the original index of each active sentence
         self.limits = torch.tensor(limits, device=device)  # (A,)
         self.smallest_limit = min(limits)
         # Only the first beam is live at the start: K identical copies would fill the beam with duplicates.
         self.totals = torch.tensor([0.0] + [float("-inf")] * (k - 1), device=device).repeat(b)  # (N,) sum log-probs
         self.prev = torch.full((b * k,), model.bos_id, dtype=torch.long, device=device)  # (N,)
-        self.history = History.empty(b * k, device, src_ids.size(1) if config.return_attention else None)
+        self.history = History.empty(b * k, device, src_ids.size(1) if return_attention else None)
         self.src_real = ~src_pad_mask  # (B, S)
         self.finished: list[list[Hypothesis]] = [[] for _ in range(b)]
         self.offsets = torch.arange(b, device=device)[:, None] * k  # (A, 1) first row of each sentence

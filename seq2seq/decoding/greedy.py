@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 Pick = Callable[[Tensor, int, Tensor], Tensor]
 
 
-def greedy_search(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor,
-                  config: DecodeConfig) -> list[list[Hypothesis]]:
+def greedy_search(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig,
+                  return_attention: bool = False) -> list[list[Hypothesis]]:
     """The most probable next token at every step. Returns one [Hypothesis] per sentence."""
-    return search_paths(model, src_ids, src_pad_mask, config, 1, _argmax)
+    return search_paths(model, src_ids, src_pad_mask, config, 1, _argmax, return_attention)
 
 
 def _argmax(log_probs: Tensor, step: int, paths: Tensor) -> Tensor:
@@ -32,15 +32,16 @@ def _argmax(log_probs: Tensor, step: int, paths: Tensor) -> Tensor:
 
 
 def search_paths(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig, copies: int,
-                 pick: Pick) -> list[list[Hypothesis]]:
+                 pick: Pick, return_attention: bool = False) -> list[list[Hypothesis]]:
     """Decode `copies` independent paths per sentence, each choosing its next token with `pick`.
 
     Args:
         src_ids: (B, S) long. src_pad_mask: (B, S) bool, True = padding.
         copies: paths per sentence; path p (its id in `pick`) belongs to sentence p // copies.
+        return_attention: keep each output token's cross-attention in the hypotheses.
     Returns: per sentence, its finished paths, best first, at most `config.n_best`.
     """
-    paths = _Paths(model, src_ids, src_pad_mask, config, copies)
+    paths = _Paths(model, src_ids, src_pad_mask, config, copies, return_attention)
     for step in range(paths.max_steps):
         paths.step(step, pick)
         if not paths.path_ids.numel():
@@ -51,7 +52,8 @@ def search_paths(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config
 class _Paths:
     """The live paths, one per decoder row: N rows, row i holding path `path_ids[i]`."""
 
-    def __init__(self, model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig, copies: int):
+    def __init__(self, model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig, copies: int,
+                 return_attention: bool):
         b, device = src_ids.size(0), src_ids.device
         limits = max_output_lengths(src_pad_mask, config)  # B × max output tokens
         self.model, self.config, self.copies = model, config, copies
@@ -59,14 +61,14 @@ class _Paths:
         if copies > 1:
             self.memory = self.memory.reorder(torch.arange(b, device=device).repeat_interleave(copies))
         self.max_steps = max(limits) + 1  # the last step can only write eos
-        self.state = model.init_state(self.memory, self.max_steps, config.return_attention)
+        self.state = model.init_state(self.memory, self.max_steps, return_attention)
         n = b * copies
         self.path_ids = torch.arange(n, device=device)  # (N,)
         self.limits = torch.tensor(limits, device=device).repeat_interleave(copies)  # (N,)
         self.smallest_limit = min(limits)
         self.prev = torch.full((n,), model.bos_id, dtype=torch.long, device=device)  # (N,)
         self.totals = torch.zeros(n, device=device)  # (N,) summed log-probs
-        self.history = History.empty(n, device, src_ids.size(1) if config.return_attention else None)
+        self.history = History.empty(n, device, src_ids.size(1) if return_attention else None)
         self.src_real = ~src_pad_mask  # (B, S)
         self.finished: list[list[Hypothesis]] = [[] for _ in range(b)]
 

@@ -24,7 +24,7 @@ class Hypothesis:
             the constraints of `constraints.py`, before temperature / top-k / top-p), eos included: one more than ids.
         attention: (len(token_log_probs), S_real) float32: the last decoder layer's cross-attention averaged over
             heads, one row per output token (eos included), one column per real (non-padding) source token;
-            None unless `DecodeConfig.return_attention`.
+            None unless decoding was asked for it (`decode(..., return_attention=True)`).
     """
 
     ids: tuple[int, ...]

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def sample(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig,
-           generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
+           generator: torch.Generator | None = None, return_attention: bool = False) -> list[list[Hypothesis]]:
     """Draw `config.num_samples` translations per sentence.
 
     Args:
@@ -35,7 +35,7 @@ def sample(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: Deco
     def pick(log_probs: Tensor, step: int, paths: Tensor) -> Tensor:
         return draw(log_probs, uniforms[paths, step], config)
 
-    return search_paths(model, src_ids, src_pad_mask, config, config.num_samples, pick)
+    return search_paths(model, src_ids, src_pad_mask, config, config.num_samples, pick, return_attention)
 
 
 def draw_uniforms(limits: list[int], config: DecodeConfig, generator: torch.Generator | None) -> Tensor:
