@@ -1,10 +1,12 @@
-"""Decoding speed race on one set of weights: ours (fp32, bf16) vs transformers `generate` on our Marian export vs
-CTranslate2 (float32, int8) on the converted export.
+"""Decoding speed race on one set of weights: ours (fp32, bf16, int8) vs transformers `generate` on our Marian
+export vs CTranslate2 (float32, int8) on the converted export.
 
 Every system translates the same test set in the same groups of `--batch-size` consecutive sentences, with the
 same beam size and threads, each in a fresh process of its own, in one run; rounds alternate the systems so
-machine noise hits them alike.
-Prints target tokens/s, sentences/s, BLEU (sacrebleu) and the ratio to CTranslate2 int8.
+machine noise hits them alike. Two times per system: decode only (the test set, after loading and one warm-up
+group) and the whole process (start, imports, loading, warm-up, decoding, as a user's command pays it), and the
+process's peak RSS.
+Prints target tokens/s, sentences/s, BLEU (sacrebleu) and the ratios to CTranslate2 int8.
 
     python bench/decode.py --model runs/multi30k/best.pt --beam-size 4 --batch-size 32
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -92,13 +95,15 @@ def run_worker(args, name: str, export_dir: Path, sources: list[str], refs: list
     _, tok = load_model(args.model)
     make = {"ours-fp32": lambda: ours(args.model, "fp32", args.beam_size),
             "ours-bf16": lambda: ours(args.model, "bf16", args.beam_size),
+            "ours-int8": lambda: ours(args.model, "int8", args.beam_size),
             "hf-fp32": lambda: hf(export_dir / "marian", args.beam_size),
             "ct2-float32": lambda: ct2(export_dir / "ct2", "float32", args.beam_size, args.threads, tok.sp),
             "ct2-int8": lambda: ct2(export_dir / "ct2", "int8", args.beam_size, args.threads, tok.sp)}
     system = make[name]()
     system(groups[0])
     secs, hyps, tokens = timed(system, groups)
-    return {"seconds": secs, "tokens": tokens, "bleu": score(hyps, refs)["bleu"]}
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {"seconds": secs, "tokens": tokens, "bleu": score(hyps, refs)["bleu"], "peak_rss_mb": peak_mb}
 
 
 def main() -> None:
@@ -110,7 +115,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=0, help="first N sentences only")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--systems", default="ours-fp32,ours-bf16,hf-fp32,ct2-float32,ct2-int8")
+    p.add_argument("--systems", default="ours-fp32,ours-bf16,ours-int8,hf-fp32,ct2-float32,ct2-int8")
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one system, print its JSON
     p.add_argument("--export-dir", help=argparse.SUPPRESS)
@@ -136,23 +141,30 @@ def main() -> None:
                    if k in ("model", "data", "beam_size", "batch_size", "limit", "threads")]
     for r in range(args.rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
             out = subprocess.run([sys.executable, __file__, *passthrough, f"--worker={n}", f"--export-dir={tmp}"],
                                  capture_output=True, text=True, check=True)
-            runs[n].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            runs[n].append(dict(run, process_seconds=time.perf_counter() - start))
     results = {}
     for n in names:
         secs = statistics.median(x["seconds"] for x in runs[n])
+        whole = statistics.median(x["process_seconds"] for x in runs[n])
         tokens, bleu = runs[n][0]["tokens"], runs[n][0]["bleu"]
-        results[n] = {"tokens": tokens, "bleu": bleu, "seconds": round(secs, 2),
-                      "tokens_per_s": round(tokens / secs), "sentences_per_s": round(len(sources) / secs, 1)}
+        results[n] = {"tokens": tokens, "bleu": bleu, "seconds": round(secs, 2), "process_seconds": round(whole, 2),
+                      "tokens_per_s": round(tokens / secs), "sentences_per_s": round(len(sources) / secs, 1),
+                      "peak_rss_mb": round(max(x["peak_rss_mb"] for x in runs[n]))}
     ref_name = "ct2-int8" if "ct2-int8" in results else names[0]
+    ref = results[ref_name]
     print(f"{len(sources)} sentences, beam {args.beam_size}, batch {args.batch_size}, {args.threads} threads, "
-          f"median of {args.rounds} rounds")
-    print(f"{'system':<12} {'tok/s':>8} {'sent/s':>8} {'BLEU':>6}  ratio to {ref_name}")
+          f"median of {args.rounds} rounds; ratios are speed relative to {ref_name} (> 1 = faster)")
+    print(f"{'system':<12} {'tok/s':>7} {'sent/s':>7} {'BLEU':>6} {'decode s':>8} {'ratio':>6} "
+          f"{'process s':>9} {'ratio':>6} {'peak MB':>7}")
     for n in names:
         r = results[n]
-        ratio = r["tokens_per_s"] / results[ref_name]["tokens_per_s"]
-        print(f"{n:<12} {r['tokens_per_s']:>8} {r['sentences_per_s']:>8} {r['bleu']:>6.2f}  {ratio:.2f}×")
+        print(f"{n:<12} {r['tokens_per_s']:>7} {r['sentences_per_s']:>7} {r['bleu']:>6.2f} {r['seconds']:>8.2f} "
+              f"{ref['seconds'] / r['seconds']:>5.2f}× {r['process_seconds']:>9.2f} "
+              f"{ref['process_seconds'] / r['process_seconds']:>5.2f}× {r['peak_rss_mb']:>7}")
     if args.json:
         print(json.dumps({"beam_size": args.beam_size, "batch_size": args.batch_size, "results": results}))
 

@@ -153,10 +153,11 @@ class Transformer(nn.Module):
     # ---- incremental decoding -------------------------------------------------------------------------------------
 
     def init_state(self, memory: Memory, max_len: int = 64, need_attention: bool = False) -> DecoderState:
-        """An empty cache for `max_len` steps (it grows if decoding goes further)."""
+        """An empty cache with room for min(max_len, 32) steps; it doubles when decoding goes further. Positions at
+        or after `step` are never read, so the buffer is left uninitialised (zeroing it cost 5% of decoding)."""
         b = memory.states.size(0)
         c = self.config
-        cache = memory.states.new_zeros(c.n_dec_layers, 2, b, c.n_heads, max(1, max_len), c.d_k)
+        cache = memory.states.new_empty(c.n_dec_layers, 2, b, c.n_heads, max(1, min(max_len, 32)), c.d_k)
         return DecoderState(cache, 0, need_attention)
 
     def decode_step(self, prev_ids: Tensor, memory: Memory, state: DecoderState) -> Tensor:
@@ -167,7 +168,7 @@ class Transformer(nn.Module):
         """
         t = state.step
         if t >= state.cache.size(4):  # grow the cache: double its capacity
-            grown = state.cache.new_zeros(*state.cache.shape[:4], 2 * state.cache.size(4), state.cache.size(5))
+            grown = state.cache.new_empty(*state.cache.shape[:4], 2 * state.cache.size(4), state.cache.size(5))
             grown[..., :t, :] = state.cache
             state.cache = grown
         y = self.embed(prev_ids[:, None], start=t)  # (B, 1, D)
