@@ -100,8 +100,8 @@ def add_model_flags(parser: argparse.ArgumentParser, device: bool = True) -> Non
     if device:
         parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
         parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16", "int8"],
-                            help="auto = bf16 on CUDA and on CPUs with bf16 matrix instructions, int8 on other CPUs; "
-                                 "fp16 needs CUDA, int8 runs on CPU (default fp32)")
+                            help="auto = int8 on x86 CPUs, bf16 on CUDA (and on other CPUs with bf16 matrix "
+                                 "instructions), else fp32; fp16 needs CUDA, int8 runs on CPU (default fp32)")
 
 
 def add_decode_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> None:

@@ -38,7 +38,7 @@ def make_translator(tokenizer: Tokenizer, precision: str) -> Translator:
     return Translator(Transformer(config), tokenizer, device="cpu", precision=precision)
 
 
-@pytest.fixture(scope="module", params=["fp32", "bf16"])
+@pytest.fixture(scope="module", params=["fp32", "bf16", "int8"])
 def translator(request, tokenizer) -> Translator:
     return make_translator(tokenizer, request.param)
 
