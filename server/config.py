@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, field, fields
 
-from seq2seq.options import field_type, parse_bool
+from seq2seq.options import ArgumentParser, field_type, parse_bool
 
 
 def opt(default, help: str):
@@ -60,7 +60,7 @@ def _env_name(field_name: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="seq2seq-serve", description="The gRPC French→English translation server (proto/translation/v1).",
         epilog="Every flag can also be set by an environment variable SEQ2SEQ_<NAME>, e.g. SEQ2SEQ_PORT=50051.")
     for f in fields(ServerConfig):

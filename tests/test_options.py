@@ -195,8 +195,10 @@ def commands():
     from seq2seq.train import main as train
     from seq2seq.translate import main as translate
     from client.cli import main as client
+    from server.__main__ import main as serve
 
-    return {"translate": translate, "eval": evaluate, "export": export, "train": train, "client": client}
+    return {"translate": translate, "eval": evaluate, "export": export, "train": train, "client": client,
+            "serve": serve}
 
 
 BAD = [
@@ -220,6 +222,9 @@ BAD = [
     ("train", ["--out", "{missing}.d", "--max-steps", "many"], "argument --max-steps: invalid int value"),
     ("client", ["--top-p", "x", "a"], "argument --top-p: invalid float value: 'x'"),
     ("client", ["--file", "{missing}"], "No such file or directory"),
+    ("serve", ["--port", "http"], "argument --port: invalid int value: 'http'"),
+    ("serve", ["--precision", "fp4"], "precision must be one of auto, fp32, bf16, fp16, int8, got 'fp4'"),
+    ("serve", ["--workers", "8", "--max-queue", "8"], "workers (8) must be > max_queue (8)"),
 ]
 
 
