@@ -69,6 +69,8 @@ stage carve "$RUNS/data/tatoeba_dev.en.gz" \
 # averaged.pt is written when training ends (train.average_last); until then the same command resumes the run.
 stage en-fr "$RUN_ENFR/averaged.pt" "$PY" -m seq2seq.train --config "$CONFIG_ENFR" --out "$RUN_ENFR"
 
+# The stage counts as done once $BT.en.gz exists, which a BT_LIMIT run also writes: after one, delete $BT.* (or run
+# seq2seq-backtranslate by hand without --limit, which continues) before rerunning for the whole file.
 # shellcheck disable=SC2086  # BT_ARGS is a list of flags
 stage bt "$BT.en.gz" "$PY" -m seq2seq.backtranslate --model "$RUN_ENFR/averaged.pt" \
   --input "$DATA/multi30k/train_captions.en.gz" --out "$BT" ${BT_LIMIT:+--limit "$BT_LIMIT"} $BT_ARGS

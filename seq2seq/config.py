@@ -12,6 +12,9 @@ from typing import Any, TypeVar
 
 C = TypeVar("C")
 
+# Inference precisions (seq2seq.translator.Translator): auto picks per device; fp16 needs CUDA, int8 runs on CPU.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+
 
 class ConfigError(ValueError):
     """A config value or key is wrong; the message says which and what is allowed."""

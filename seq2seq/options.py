@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, DataConfig, DecodeConfig, ModelConfig, TrainConfig, describe_range, field_kind
+from .config import (PRECISIONS, ConfigError, DataConfig, DecodeConfig, ModelConfig, TrainConfig, describe_range,
+                     field_kind)
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 _SKIP = {("model", "vocab_size")}
@@ -99,7 +100,7 @@ def add_model_flags(parser: argparse.ArgumentParser, device: bool = True) -> Non
     parser.add_argument("--model", default=default_model(), help="checkpoint file (default: the shipped model)")
     if device:
         parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
-        parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+        parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                             help="auto = int8 on x86 CPUs, bf16 on CUDA (and on other CPUs with bf16 matrix "
                                  "instructions), else fp32; fp16 needs CUDA, int8 runs on CPU (default fp32)")
 

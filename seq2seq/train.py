@@ -209,8 +209,9 @@ class Logger:
 
 class StopSignals:
     """SIGTERM and SIGINT ask training to stop. The handler only records the signal; the loop looks at `received`
-    at each step boundary. The previous handlers come back on exit; a signal that was ignored (SIGINT of a
-    background job) stays ignored."""
+    at each step boundary and after an evaluation. A second signal is not caught: the previous handlers act on it
+    (a second Ctrl-C interrupts a hung step). The previous handlers come back on exit; a signal that was ignored
+    (SIGINT of a background job) stays ignored."""
 
     def __init__(self):
         self.received: int | None = None
@@ -224,6 +225,10 @@ class StopSignals:
         return self
 
     def _record(self, signum: int, frame) -> None:
+        if self.received is not None:  # the second one: the user insists
+            self.__exit__()
+            signal.raise_signal(signum)
+            return
         self.received = signum
 
     def __exit__(self, *exc) -> None:
@@ -274,6 +279,11 @@ def train(run: Run) -> dict:
             done = run.step >= t.max_steps or out_of_time
             if (t.eval_every and run.step % t.eval_every == 0) or done:
                 stop = evaluate(run, logger) or out_of_time
+                _, interrupted = agree_to_stop(run, False, signals.received is not None)  # a signal while evaluating
+                if interrupted:
+                    if main:
+                        save_interrupted(run, logger, signals.received)
+                    break
             if main and (run.step % t.save_every == 0 or done or stop):
                 save(run)
             tic = time.perf_counter()  # evaluation and saving do not count as training time

@@ -14,7 +14,7 @@ import torch
 
 from .attention_maps import AttentionMaps, attention_maps
 from .checkpoint import load_model
-from .config import ConfigError, DecodeConfig
+from .config import PRECISIONS, ConfigError, DecodeConfig
 from .decoding import Hypothesis, decode
 from .model import Transformer
 from .tokenizer import EOS_ID, Tokenizer
@@ -52,9 +52,6 @@ class Translation:
     source_tokens: tuple[str, ...]  # input pieces, including </s>
     attention: tuple[tuple[float, ...], ...] | None = None  # (output piece, source piece) weights, if asked
     alternatives: tuple["Translation", ...] = ()  # the 2nd … n-th best, when n_best > 1
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def fast_bf16_cpu() -> bool:
@@ -104,14 +101,14 @@ def quantize_int8(model: Transformer) -> Transformer:
     if engine is None:
         raise ConfigError("precision int8 needs a quantized backend (fbgemm, oneDNN or qnnpack); this torch has none")
     torch.backends.quantized.engine = engine
-    model = model.float().eval()
+    model = model.float().eval()  # in place, as Translator's .to(device, dtype) does for the other precisions
     projection = nn.Linear(model.config.d_model, model.vocab_size, bias=False)
     projection.weight = model.embed.tokens.weight  # the same matrix; quantize_dynamic makes its own int8 copy
     model.output_projection = projection
     with warnings.catch_warnings():  # torch announces the move of this API to torchao; it works as documented
         warnings.simplefilter("ignore")
         quantized = quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-    model.output_projection = None  # the caller's fp32 model is unchanged
+    model.output_projection = None  # the caller's model keeps its own projection (quantize_dynamic copied it)
     return quantized
 
 

@@ -31,7 +31,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD)
-        return f"{self.formatTime(record)} {record.levelname} {record.getMessage()} {extra}".rstrip()
+        line = f"{self.formatTime(record)} {record.levelname} {record.getMessage()} {extra}".rstrip()
+        return line + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
 
 
 def setup_logging(config: ServerConfig) -> None:

@@ -6,6 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, field, fields
 
+from seq2seq.config import PRECISIONS
 from seq2seq.options import ArgumentParser, field_type, parse_bool
 
 
@@ -47,8 +48,6 @@ class ServerConfig:
             raise ValueError(f"workers ({self.workers}) must be > max_queue ({self.max_queue})")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
-        from seq2seq.translator import PRECISIONS
-
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.log_format not in ("json", "text"):

@@ -163,7 +163,7 @@ def test_only_input_errors_are_invalid_argument_and_a_bug_is_internal_and_logged
         assert "secret" not in error.details() and "ValueError" not in error.details()
     logged = [r for r in caplog.records if r.getMessage().startswith("internal error in")]
     assert len(logged) == 2 and all(r.exc_info and r.exc_info[0] is ValueError for r in logged)
-    assert logged[0].error_id == bug.value.details().split()[2].rstrip(":")
+    assert [r.error_id for r in logged] == [e.details().split()[2].rstrip(":") for e in (bug.value, stream_bug.value)]
 
 
 # ---- commands: bad input is one line, a non-zero exit, no traceback -------------------------------------------------
@@ -248,3 +248,18 @@ def test_translate_with_an_infinite_max_len_a_in_a_real_process_is_one_line():
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == "seq2seq-translate: error: max_len_a must be a finite number, got inf\n"
 
+
+
+def test_text_logs_carry_the_traceback_of_an_internal_error():
+    """`--log-format text` must show what the client's INTERNAL message points to (JSON logs put it in "error")."""
+    from server.__main__ import JsonFormatter, TextFormatter
+
+    try:
+        raise ValueError("shape mismatch")
+    except ValueError:
+        record = logging.getLogger("server").makeRecord("server", logging.ERROR, __file__, 1, "internal error in %s",
+                                                        ("Translate",), sys.exc_info(), extra={"error_id": "abc"})
+    text = TextFormatter().format(record)
+    assert text.splitlines()[0].endswith("ERROR internal error in Translate error_id=abc")
+    assert "Traceback" in text and text.rstrip().endswith("ValueError: shape mismatch")
+    assert "ValueError: shape mismatch" in __import__("json").loads(JsonFormatter().format(record))["error"]
