@@ -153,7 +153,10 @@ def train_until_signal(tmp_path: Path, copy_corpus, sig: signal.Signals) -> tupl
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "seq2seq.train", "--config", cfg, "--out", str(tmp_path / "run")]
     with open(tmp_path / "stopped.err", "w") as err:
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        # SIGINT at its default in the child: a test run started in the background of a non-interactive shell
+        # (nohup ... &) ignores SIGINT, and training rightly leaves an ignored signal ignored
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         log = tmp_path / "run" / "log.jsonl"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 2):
