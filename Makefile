@@ -6,21 +6,19 @@ PY := $(VENV)/bin/python
 .PHONY: venv proto run serve demo test test-fast compose-test clean
 
 # torch first, pinned: 2.13.0 is the CPU build that lies on this disk; a bare `torch` would pull a CUDA build.
-$(VENV)/.installed: pyproject.toml
+# The install (editable) also generates the gRPC stubs from proto/ (client/stubs_build.py): a changed proto
+# reinstalls.
+$(VENV)/.installed: pyproject.toml client/pyproject.toml client/stubs_build.py proto/translation/v1/translator.proto
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[serve,test,bench]'
+	$(PY) -m pip install --quiet -e '.[serve,web,test,bench]'
 	touch $@
 
-# The gRPC stubs are build outputs of proto/ (never edited, never committed): client/translation/v1/*_pb2*.py
-STUBS := client/translation/v1/translator_pb2.py
-$(STUBS): proto/translation/v1/translator.proto $(VENV)/.installed
-	$(PY) -m grpc_tools.protoc --proto_path=client=proto --python_out=. --pyi_out=. --grpc_python_out=. \
-		client/translation/v1/translator.proto
+# The stubs alone, after an edit of the proto (the same build step as the install)
+proto: $(VENV)/.installed
+	$(PY) -c 'import sys; sys.path.insert(0, "client"); import stubs_build; stubs_build.generate(stubs_build.HERE)'
 
-proto: $(STUBS)
-
-venv: $(VENV)/.installed $(STUBS)
+venv: $(VENV)/.installed
 
 # The service with the shipped default model: start it, show one translation through the client, keep serving.
 run: venv

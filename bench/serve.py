@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from client import TranslatorClient  # noqa: E402
+from seq2seq_client import TranslatorClient  # noqa: E402
 
 
 def start_server(model: str, window_ms: float, threads: int, precision: str) -> tuple[subprocess.Popen, int, int]:

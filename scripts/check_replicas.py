@@ -7,7 +7,7 @@ import argparse
 import sys
 import time
 
-from client.client import TranslatorClient
+from seq2seq_client import TranslatorClient
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ the shipped form of a model: a directory with model.safetensors (fp16), spm.mode
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -49,9 +50,18 @@ WEIGHTS, TOKENIZER, CONFIG = "model.safetensors", "spm.model", "config.json"  # 
 
 
 def default_model() -> str | None:
-    """The shipped model, when there is one (a directory models/<name>/ with model.safetensors); None otherwise."""
-    found = sorted(MODELS_DIR.glob(f"*/{WEIGHTS}"))
-    return str(found[0].parent) if found else None
+    """The shipped model, when there is one (a directory models/<name>/ with model.safetensors); None otherwise.
+
+    models/ of the checkout, else the installed copy (package data of `seq2seq_models`, see pyproject.toml)."""
+    roots = [MODELS_DIR]
+    spec = importlib.util.find_spec("seq2seq_models")
+    if spec is not None and spec.submodule_search_locations:
+        roots += [Path(p) for p in spec.submodule_search_locations]
+    for root in roots:
+        found = sorted(root.glob(f"*/{WEIGHTS}"))
+        if found:
+            return str(found[0].parent)
+    return None
 
 
 def save_model_dir(payload: dict[str, Any], out: str | Path, dtype: torch.dtype = torch.float16) -> Path:

@@ -17,30 +17,13 @@ from typing import Any
 
 import yaml
 
-from .config import (PRECISIONS, ConfigError, DataConfig, DecodeConfig, ModelConfig, TrainConfig, describe_range,
-                     field_kind)
+from seq2seq_api.flags import (ArgumentParser, add_decode_flags, decode_config_from_args,  # noqa: F401
+                               decode_options_from_args, parse_bool)
+
+from .config import PRECISIONS, ConfigError, DataConfig, ModelConfig, TrainConfig, field_kind
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 _SKIP = {("model", "vocab_size")}
-
-
-field_type = field_kind  # a config field's flag type: bool, int, float, str, or "list" for tuples
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a wrong flag or value is one line on stderr (`prog: error: ...`) and exit 2: no usage block,
-    which hides the message on a narrow terminal; `--help` still shows everything."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +33,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(cls):
             if (section, f.name) in _SKIP:
                 continue
-            typ = field_type(f)
+            typ = field_kind(f)
             flag = "--" + f.name.replace("_", "-")
             if typ == "list":
                 group.add_argument(flag, dest=f"{section}.{f.name}", nargs="+", default=None, metavar="CORPUS")
@@ -103,30 +86,3 @@ def add_model_flags(parser: argparse.ArgumentParser, device: bool = True) -> Non
         parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                             help="auto = int8 on x86 CPUs, bf16 on CUDA (and on other CPUs with bf16 matrix "
                                  "instructions), else fp32; fp16 needs CUDA, int8 runs on CPU (default fp32)")
-
-
-def add_decode_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
-    """One flag per DecodeConfig field (`--beam-size` ↔ beam_size), with the field's help, range and default.
-
-    defaults=False (the client): every flag defaults to None = not given, so the server's defaults apply."""
-    g = parser.add_argument_group("decoding (defaults: the paper's beam 4, α = 0.6)")
-    for f in dataclasses.fields(DecodeConfig):
-        flag, kind = "--" + f.name.replace("_", "-"), field_kind(f)
-        text = f.metadata["help"] + (f"; {describe_range(f)}" if describe_range(f) else "")
-        if kind is bool:
-            g.add_argument(flag, action="store_true", default=f.default if defaults else None, help=text)
-            continue
-        shown = "unset" if f.default is None else f.default
-        g.add_argument(flag, type=kind, default=f.default if defaults else None, metavar=f.name.upper(),
-                       help=f"{text} (default {shown})")
-
-
-def decode_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The DecodeConfig fields that were given on the command line (for add_decode_flags(defaults=False))."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)}
-    return {name: value for name, value in values.items() if value is not None}
-
-
-def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
-    """DecodeConfig from the flags; a value out of range raises ConfigError with the field's allowed range."""
-    return DecodeConfig(**decode_options_from_args(args))

@@ -2,48 +2,23 @@
 until SIGTERM or SIGINT, then stop gracefully (in-flight requests finish within --grace-s) and exit 0."""
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
 import threading
-import time
 
-from .config import ServerConfig, parse_args
+from seq2seq_api.flags import require
+from seq2seq_api.logs import setup_logging
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+from .config import parse_args
 
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and every `extra={...}` field."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-               "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
-        out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
-        if record.exc_info:
-            out["error"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
-
-
-class TextFormatter(logging.Formatter):
-    """For people: time, level, message, then the extra fields as key=value."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD)
-        line = f"{self.formatTime(record)} {record.levelname} {record.getMessage()} {extra}".rstrip()
-        return line + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
-
-
-def setup_logging(config: ServerConfig) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if config.log_format == "json" else TextFormatter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-
+SERVE_MODULES = ("grpc", "grpc_health", "grpc_reflection", "google.protobuf", "prometheus_client",
+                 "sentence_splitter")
 
 def main(argv: list[str] | None = None) -> int:
+    require("seq2seq-serve", SERVE_MODULES, "'seq2seq-fr-en[serve]' (torch first: pip install torch==2.13.0)")
     config = parse_args(argv)
-    setup_logging(config)
+    setup_logging(config.log_format)
     stop = threading.Event()  # set by SIGTERM / SIGINT, from the start: a stop while starting up also exits 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

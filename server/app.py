@@ -19,8 +19,8 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from client.translation.v1 import translator_pb2 as pb
-from client.translation.v1 import translator_pb2_grpc as pb_grpc
+from seq2seq_api.translation.v1 import translator_pb2 as pb
+from seq2seq_api.translation.v1 import translator_pb2_grpc as pb_grpc
 from seq2seq.checkpoint import default_model
 from seq2seq.translator import Translator
 
@@ -78,6 +78,9 @@ class Server:
             if c.threads:
                 torch.set_num_threads(c.threads)
             path = c.model or default_model()
+            if path is None:
+                raise FileNotFoundError("no model is shipped with this installation: pass --model PATH (a checkpoint "
+                                        ".pt or a model directory) or set SEQ2SEQ_MODEL")
             translator = self._translator or Translator.from_checkpoint(
                 path, device=c.device, precision=c.precision,
                 max_input_tokens=c.max_tokens, max_batch_tokens=c.max_batch_tokens)

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field, fields
 
 from seq2seq.config import PRECISIONS
-from seq2seq.options import ArgumentParser, field_type, parse_bool
+from seq2seq.config import field_kind
+from seq2seq.options import ArgumentParser, parse_bool
 
 
 def opt(default, help: str):
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         prog="seq2seq-serve", description="The gRPC French→English translation server (proto/translation/v1).",
         epilog="Every flag can also be set by an environment variable SEQ2SEQ_<NAME>, e.g. SEQ2SEQ_PORT=50051.")
     for f in fields(ServerConfig):
-        kind = parse_bool if field_type(f) is bool else field_type(f)
+        kind = parse_bool if field_kind(f) is bool else field_kind(f)
         default = os.environ.get(_env_name(f.name))
         try:
             default = f.default if default is None else kind(default)

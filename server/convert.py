@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from client.translation.v1 import translator_pb2 as pb
+from seq2seq_api.translation.v1 import translator_pb2 as pb
 from seq2seq.config import ConfigError, DecodeConfig
 from seq2seq.translator import Translation
 

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 
 import grpc
 
-from client.translation.v1 import translator_pb2 as pb
-from client.translation.v1 import translator_pb2_grpc as pb_grpc
+from seq2seq_api.translation.v1 import translator_pb2 as pb
+from seq2seq_api.translation.v1 import translator_pb2_grpc as pb_grpc
 from seq2seq.tokenizer import EOS_ID
 from seq2seq.translator import Cancelled, InputError, Translator
 

@@ -1,7 +1,8 @@
-"""Shared fixtures: a synthetic parallel corpus (the copy task) written as aligned gzipped files."""
+"""Shared fixtures: a synthetic parallel corpus (the copy task) written as aligned gzipped files; headless Chromium."""
 import gzip
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,30 @@ def copy_model(tmp_path_factory, copy_corpus) -> Path:
                        "--d-ff", "128", "--n-layers", "2", "--max-tokens", "800"])
     assert code == 0
     return tmp / "run"
+
+
+# ---- headless Chromium (tests/test_attention_maps.py, tests/test_web_page.py) ---------------------------------
+
+def chromium() -> tuple[str, str]:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("headless Chromium is not installed (chromium and chromium-driver; scripts/install_chromium.sh "
+                    "installs them, and CI runs it)")
+    return browser, driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    binary, driver_path = chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary  # and the driver's path below: Selenium Manager never goes to the network
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,900"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()

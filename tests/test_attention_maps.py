@@ -1,9 +1,8 @@
-"""Attention maps of a translation (seq2seq.attention_maps) and their views (client.attention_view): the weights are
+"""Attention maps of a translation (seq2seq.attention_maps) and their views (seq2seq_client.attention_view): the weights are
 distributions with the causal mask in place, the word alignment follows the cross-attention, the PNG is a PNG and
 the HTML viewer is self-contained and reacts to a hover in headless Chromium."""
 import json
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.attention_view import select_map, write_html, write_png
+from seq2seq_client.attention_view import select_map, write_html, write_png
 from seq2seq import DecodeConfig, ModelConfig, Transformer, Translator
 from seq2seq.attention_maps import align_words, group_words
 from seq2seq.tokenizer import Tokenizer
@@ -113,7 +112,7 @@ def test_select_map_defaults_to_cross_average_and_picks_layer_and_head(maps_dict
 
 def test_views_read_the_proto_message_as_message_to_dict_writes_it(maps_dict):
     """MessageToDict leaves out zero fields (layer 0, head 0): the views read it all the same."""
-    pb = pytest.importorskip("client.translation.v1.translator_pb2")
+    pb = pytest.importorskip("seq2seq_api.translation.v1.translator_pb2")
     from google.protobuf import json_format
 
     message = json_format.ParseDict(maps_dict, pb.Attention())
@@ -163,13 +162,16 @@ def test_html_is_one_self_contained_file(maps_dict, tmp_path):
     start = page.index('id="attention-data">') + len('id="attention-data">')
     data = json.loads(page[start:page.index("</script>", start)])
     assert data["target_tokens"] == maps_dict["target_tokens"]
-    assert sorted(data["maps"]) == ["cross", "decoder_self", "encoder_self"] and len(data["maps"]["cross"]) == 3
+    assert all(len(data[kind]) == len(maps_dict[kind]) > 0 for kind in ("cross", "decoder_self", "encoder_self"))
+    assert sorted({m["layer"] for m in data["cross"]}) == [0, 1, 2] and data["cross_average"]["head"] == -1
+    assert data["cross"][1]["weights"] == pytest.approx(maps_dict["cross"][1]["weights"], abs=1e-5)
+    assert "AttentionViewer.mount(" in page  # the shared viewer (web/static/attention-viewer.js), inlined
 
 
 def test_views_need_no_torch(maps_dict, tmp_path):
     """The client runs where torch is absent: a blocked torch import must not matter."""
     (tmp_path / "attention.json").write_text(json.dumps(maps_dict))
-    code = ("import json, sys; sys.modules['torch'] = None; from client.attention_view import write_html, write_png;"
+    code = ("import json, sys; sys.modules['torch'] = None; from seq2seq_client.attention_view import write_html, write_png;"
             f"d = json.load(open({str(tmp_path / 'attention.json')!r}));"
             f"write_html(d, {str(tmp_path / 'a.html')!r}); write_png(d, {str(tmp_path / 'a.png')!r})")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -178,31 +180,6 @@ def test_views_need_no_torch(maps_dict, tmp_path):
 
 
 # ---- the viewer in a real browser ----------------------------------------------------------------------------------
-
-def chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.skip("headless Chromium is not installed (chromium and chromium-driver; scripts/install_chromium.sh "
-                    "installs them, and CI runs it)")
-    return browser, driver
-
-
-@pytest.fixture(scope="module")
-def browser():
-    binary, driver_path = chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary  # and the driver's path below: Selenium Manager never goes to the network
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,900"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    yield driver
-    driver.quit()
-
 
 def alphas(elements) -> list[float]:
     """The alpha of each element's computed background colour (0 for transparent)."""
@@ -223,36 +200,37 @@ def test_html_viewer_reacts_to_hover_picker_and_temperature(browser, maps_dict, 
     path = tmp_path / "attention.html"
     write_html(maps_dict, path, title="ba ce di fo ga")
     browser.get(path.as_uri())
-    keys = lambda: browser.find_elements(By.CSS_SELECTOR, "#keys .tok")  # noqa: E731
+    keys = lambda: browser.find_elements(By.CSS_SELECTOR, ".av-keys .av-tok")  # noqa: E731
     n_src = len(maps_dict["source_tokens"])
 
     # 1. Hovering target token 2 lights up the source tokens by its cross_average row, the strongest the most.
     assert alphas(keys()) == [0.0] * n_src
-    ActionChains(browser).move_to_element(browser.find_element(By.CSS_SELECTOR, '#queries .tok[data-q="2"]')).perform()
+    target = browser.find_element(By.CSS_SELECTOR, '.av-queries .av-tok[data-q="2"]')
+    ActionChains(browser).move_to_element(target).perform()
     row = maps_dict["cross_average"]["weights"][2 * n_src:3 * n_src]
     lit = alphas(keys())
     assert lit == pytest.approx(row, abs=3e-3) and lit.index(max(lit)) == row.index(max(row))
-    assert "active" in browser.find_element(By.CSS_SELECTOR, '#matrix tr[data-q="2"]').get_attribute("class")
+    assert "active" in browser.find_element(By.CSS_SELECTOR, '.av-matrix tr[data-q="2"]').get_attribute("class")
     screenshot = tmp_path / "hover.png"
     assert browser.save_screenshot(str(screenshot)) and distinct_colours(screenshot) > 20
 
     # 2. The decoder self-attention shows its causal mask: T(T-1)/2 hatched cells, unlike the others.
-    Select(browser.find_element(By.ID, "kind")).select_by_value("decoder_self")
+    Select(browser.find_element(By.CSS_SELECTOR, ".av-kind")).select_by_value("decoder_self")
     t = len(maps_dict["target_tokens"])
-    masked = browser.find_elements(By.CSS_SELECTOR, "#matrix td.masked")
+    masked = browser.find_elements(By.CSS_SELECTOR, ".av-matrix td.masked")
     assert len(masked) == t * (t - 1) // 2
-    unmasked = browser.find_element(By.CSS_SELECTOR, '#matrix tr[data-q="1"] td:not(.masked)')
+    unmasked = browser.find_element(By.CSS_SELECTOR, '.av-matrix tr[data-q="1"] td:not(.masked)')
     assert "gradient" in masked[0].value_of_css_property("background-image")
     assert unmasked.value_of_css_property("background-image") == "none"
 
     # 3. A low temperature sharpens every row: the largest weight of row 3 grows (masked cells stay 0).
-    cells = lambda: browser.find_elements(By.CSS_SELECTOR, '#matrix tr[data-q="3"] td')  # noqa: E731
+    cells = lambda: browser.find_elements(By.CSS_SELECTOR, '.av-matrix tr[data-q="3"] td')  # noqa: E731
     before = alphas(cells()[:4])
-    browser.execute_script("const s = document.getElementById('temperature'); s.value = -60;"
+    browser.execute_script("const s = document.querySelector('.av-temperature'); s.value = -60;"
                            "s.dispatchEvent(new Event('input'));")
     after = alphas(cells()[:4])
     assert max(after) > max(before) and sum(after) == pytest.approx(1.0, abs=1e-2)
-    assert browser.find_element(By.ID, "temperature-value").text == "0.25"
+    assert browser.find_element(By.CSS_SELECTOR, ".av-temperature-value").text == "0.25"
 
     # 4. Nothing was fetched and no script failed.
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0

@@ -24,9 +24,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client import TranslatorClient
-from client.cli import build_parser as client_parser
-from client.translation.v1 import translator_pb2 as pb
+from seq2seq_client import TranslatorClient
+from seq2seq_client.cli import build_parser as client_parser
+from seq2seq_api.translation.v1 import translator_pb2 as pb
 from seq2seq.config import ConfigError, DecodeConfig, describe_range
 from seq2seq.options import add_decode_flags, decode_config_from_args
 from seq2seq.translator import InputError, Translator
@@ -194,7 +194,7 @@ def commands():
     from seq2seq.export import main as export
     from seq2seq.train import main as train
     from seq2seq.translate import main as translate
-    from client.cli import main as client
+    from seq2seq_client.cli import main as client
     from server.__main__ import main as serve
 
     return {"translate": translate, "eval": evaluate, "export": export, "train": train, "client": client,
@@ -252,7 +252,7 @@ def test_translate_with_an_infinite_max_len_a_in_a_real_process_is_one_line():
 
 def test_text_logs_carry_the_traceback_of_an_internal_error():
     """`--log-format text` must show what the client's INTERNAL message points to (JSON logs put it in "error")."""
-    from server.__main__ import JsonFormatter, TextFormatter
+    from seq2seq_api.logs import JsonFormatter, TextFormatter
 
     try:
         raise ValueError("shape mismatch")

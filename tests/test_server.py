@@ -25,8 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client import TranslatorClient
-from client.translation.v1 import translator_pb2 as pb
+from seq2seq_client import TranslatorClient
+from seq2seq_api.translation.v1 import translator_pb2 as pb
 from seq2seq.config import ConfigError, DecodeConfig
 from seq2seq.translator import Translator
 from server import convert, sentences
@@ -367,7 +367,7 @@ def test_a_generic_reflection_client_lists_and_calls_the_service_without_our_stu
 # ---- the client command line ---------------------------------------------------------------------------------------
 
 def run_client(args: list[str], stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "client.cli", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "seq2seq_client.cli", *args], input=stdin, capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
 
 
@@ -400,13 +400,13 @@ def test_client_cli_fails_in_one_line_when_the_server_is_down_or_rejects(server)
     assert r.returncode == 1 and r.stderr == "seq2seq-client: INVALID_ARGUMENT: beam_size must be >= 1, got 0\n"
     r = run_client(["--server", f"127.0.0.1:{server.port}", "--beam-size", "-1", "ba"])  # protobuf cannot hold it
     assert r.returncode == 2 and r.stderr.startswith("seq2seq-client: error:") and r.stderr.count("\n") == 1
-    r = subprocess.run([sys.executable, "-m", "client.cli", "--server", f"127.0.0.1:{server.port}"],
+    r = subprocess.run([sys.executable, "-m", "seq2seq_client.cli", "--server", f"127.0.0.1:{server.port}"],
                        input=b"caf\xe9\n", capture_output=True, cwd=ROOT, timeout=60)
     assert r.returncode == 1 and r.stderr.decode().startswith("seq2seq-client:") and r.stderr.count(b"\n") == 1
 
 
 def test_client_imports_no_torch():
-    r = subprocess.run([sys.executable, "-c", "import sys, client.cli; print('torch' in sys.modules)"],
+    r = subprocess.run([sys.executable, "-c", "import sys, seq2seq_client.cli; print('torch' in sys.modules)"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.stdout.strip() == "False", r.stderr
 

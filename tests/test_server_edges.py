@@ -17,7 +17,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from client import TranslatorClient
+from seq2seq_client import TranslatorClient
 from seq2seq.checkpoint import load, save_model_dir
 from seq2seq.config import DecodeConfig
 from seq2seq.translator import Translator

@@ -11,6 +11,7 @@ import html
 import json
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -114,37 +115,50 @@ def write_png(attention: dict[str, Any], path: str | Path, layer: int | None = N
 
 
 def viewer_data(attention: dict[str, Any]) -> dict[str, Any]:
-    """What the HTML viewer embeds: the tokens, words and alignment, and per kind a list of layers, each with its
-    heads' flat weights and the head average when one was sent (weights rounded to 5 decimals: display only)."""
-    maps = {}
-    for kind in KINDS:
-        entries = []
-        for layer, heads in layers_of(attention, kind).items():
-            per_head = [heads[h] for h in sorted(h for h in heads if h >= 0)]
-            if per_head and sorted(h for h in heads if h >= 0) != list(range(len(per_head))):
-                raise ValueError(f"{kind} layer {layer} has heads {sorted(heads)}; expected 0..{len(per_head) - 1}")
-            entries.append({"layer": layer, "heads": [_rounded(w) for w in per_head],
-                            "average": _rounded(heads[-1]) if -1 in heads else None})
-        if entries:
-            maps[kind] = entries
+    """What the HTML file embeds for attention-viewer.js: the message as the viewer reads it (tokens, words,
+    alignment, maps), each map checked against its tokens with layer and head written out, and its weights rounded
+    to 5 decimals (display only). Raises ValueError on a wrong map size or a layer with missing heads."""
     keys = ("source_tokens", "target_tokens", "source_words", "target_words", "alignment")
-    return {**{k: list(attention.get(k, [])) for k in keys}, "maps": maps}
+    data: dict[str, Any] = {k: list(attention.get(k, [])) for k in keys}
+    for kind in KINDS:
+        rows, cols = (len(t) for t in tokens_of(attention, kind))
+        data[kind] = [_checked(m, rows, cols) for m in attention.get(kind, [])]
+        for layer, heads in layers_of(data, kind).items():
+            per_head = sorted(h for h in heads if h >= 0)
+            if per_head != list(range(len(per_head))):
+                raise ValueError(f"{kind} layer {layer} has heads {per_head}; expected 0..{len(per_head) - 1}")
+    if "cross_average" in attention:
+        data["cross_average"] = _checked(attention["cross_average"], *map(len, tokens_of(attention, "cross")))
+    return data
 
 
-def _rounded(weights: list[float]) -> list[float]:
-    return [round(w, 5) for w in weights]
+def _checked(message: dict[str, Any], rows: int, cols: int) -> dict[str, Any]:
+    layer, head, weights = read_map(message, rows, cols)
+    return {"layer": layer, "head": head, "rows": rows, "cols": cols, "weights": [round(w, 5) for w in weights]}
+
+
+def _static(name: str) -> str:
+    """A file of the viewer (web/static), to inline: it must not end its <style> or <script> element early."""
+    # from this package, not by importing seq2seq_client.web: its gateway needs aiohttp, the file writer does not
+    text = (resources.files(__package__) / "web" / "static" / name).read_text(encoding="utf-8")
+    if re.search(r"</(script|style)", text, re.IGNORECASE):
+        raise ValueError(f"{name} contains a closing </script> or </style> tag: it cannot be inlined")
+    return text
 
 
 def write_html(attention: dict[str, Any], path: str | Path, title: str = "") -> None:
-    """One self-contained HTML file (inline CSS and script, the maps embedded as JSON, nothing fetched): hover a
-    target token to light up the source tokens it attends to, pick the map (cross-attention, decoder or encoder
-    self-attention; layer; head or their average), and re-sharpen or flatten the weights with a temperature τ."""
+    """One self-contained HTML file (the viewer's CSS and script inlined, the maps embedded as JSON, nothing
+    fetched): hover a target token to light up the source tokens it attends to, pick the map (cross-attention,
+    decoder or encoder self-attention; layer; head or their average), and re-sharpen or flatten the weights with a
+    temperature τ. The viewer is web/static/attention-viewer.js, the same as the web page's."""
     data = viewer_data(attention)
-    if "cross" not in data["maps"]:
+    if not layers_of(data, "cross"):
         raise ValueError("the attention has no cross-attention map to show")
     # "<", ">" and "&" escaped, so no token (such as "</s>") can close the script element early
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     payload = payload.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-    fill = {"TITLE": html.escape(title or "Attention maps"), "DATA": payload}
-    page = re.sub(r"__(TITLE|DATA)__", lambda m: fill[m.group(1)], HTML_TEMPLATE)  # one pass: no re-substitution
+    fill = {"TITLE": html.escape(title or "Attention maps"), "DATA": payload,
+            "STYLE": _static("attention-viewer.css"), "SCRIPT": _static("attention-viewer.js")}
+    # one pass: what is filled in is never searched for placeholders again
+    page = re.sub(r"__(TITLE|DATA|STYLE|SCRIPT)__", lambda m: fill[m.group(1)], HTML_TEMPLATE)
     Path(path).write_text(page, encoding="utf-8")

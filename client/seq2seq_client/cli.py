@@ -17,7 +17,7 @@ import sys
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from seq2seq.options import ArgumentParser, add_decode_flags, decode_options_from_args  # torch-free
+from seq2seq_api.flags import ArgumentParser, add_decode_flags, decode_options_from_args
 
 from .client import TranslatorClient
 

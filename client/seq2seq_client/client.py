@@ -14,8 +14,8 @@ from typing import Iterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .translation.v1 import translator_pb2 as pb
-from .translation.v1 import translator_pb2_grpc as pb_grpc
+from seq2seq_api.translation.v1 import translator_pb2 as pb
+from seq2seq_api.translation.v1 import translator_pb2_grpc as pb_grpc
 
 SERVICE = "translation.v1.Translator"
 # gRPC's own retry (https://github.com/grpc/proposal/blob/master/A6-client-retries.md): UNAVAILABLE means the

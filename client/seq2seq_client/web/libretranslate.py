@@ -1,0 +1,204 @@
+"""LibreTranslate's HTTP API in front of our gRPC service, so that LibreTranslate's clients (editor and browser
+plug-ins, bots, its own libraries) work unchanged: the endpoints, field names, bodies and status codes of its
+libretranslate/app.py. We translate French to English only: any other pair gets LibreTranslate's own 400 body.
+There is no file translation, no suggestions and no language detection (see `LibreTranslate.detect`).
+"""
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from aiohttp import web
+from google.protobuf.json_format import MessageToDict
+
+from seq2seq_api.decoding import DecodeConfig
+from seq2seq_api.translation.v1 import translator_pb2 as pb
+
+from .app import HTTP_STATUS, Replicas, public_message
+from .html_format import HtmlTranslation
+
+SOURCE, TARGET = "fr", "en"
+NAMES = {"en": "English", "fr": "French"}
+LANGUAGES = [{"code": "en", "name": "English", "targets": []}, {"code": "fr", "name": "French", "targets": ["en"]}]
+DETECTED = {"confidence": 100.0, "language": SOURCE}  # see LibreTranslate.detect
+FRONTEND_TIMEOUT_MS = 500  # LibreTranslate's default --frontend-timeout: how long its page waits after a keystroke
+
+
+class BadRequest(Exception):
+    """A request LibreTranslate answers with 400 {"error": message}."""
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def grpc_error(e: grpc.aio.AioRpcError) -> web.Response:
+    """The gRPC error as LibreTranslate words it: 403 "Invalid API key", 429 "Slowdown: ...", else our message."""
+    status = HTTP_STATUS.get(e.code(), 500)
+    if status == 403:
+        return error(403, "Invalid API key")
+    return error(status, ("Slowdown: " if status == 429 else "") + public_message(e))
+
+
+async def read_fields(request: web.Request) -> dict:
+    """The request's fields from a JSON object or a form (urlencoded or multipart), as LibreTranslate reads them.
+    A form gives q once (a string, its line ends made "\\n" as LibreTranslate does) or repeated (a list)."""
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            raise BadRequest("Invalid JSON format")
+        if not isinstance(body, dict):
+            raise BadRequest("Invalid JSON format")
+        return body
+    form = await request.post()
+    fields = {name: form.get(name) for name in form}
+    qs = form.getall("q", [])
+    if len(qs) > 1:
+        fields["q"] = list(qs)
+    elif qs and isinstance(qs[0], str):
+        fields["q"] = "\n".join(qs[0].splitlines())
+    return fields
+
+
+def check_pair(source, target) -> None:
+    """LibreTranslate's 400s for an unknown language, then for a pair it cannot translate."""
+    if source != "auto" and source not in NAMES:
+        raise BadRequest(f"{source} is not supported")
+    if target not in NAMES:
+        raise BadRequest(f"{target} is not supported")
+    source = SOURCE if source == "auto" else source
+    if (source, target) != (SOURCE, TARGET):
+        raise BadRequest(f"{NAMES[target]} ({target}) is not available as a target language from "
+                         f"{NAMES[source]} ({source})")
+
+
+def parse_translate(fields: dict) -> tuple[list[str], bool, str, int]:
+    """(texts, whether q was a list, format, alternatives) from /translate's fields; checks in LibreTranslate's order."""
+    for name in ("q", "source", "target"):
+        if not fields.get(name):
+            raise BadRequest(f"Invalid request: missing {name} parameter")
+    q = fields["q"]
+    texts = q if isinstance(q, list) else [q]
+    if not all(isinstance(t, str) for t in texts):
+        raise BadRequest("Invalid request: q must be a string or a list of strings")
+    try:
+        alternatives = max(0, int(fields.get("alternatives") or 0))
+    except (TypeError, ValueError):
+        raise BadRequest("Invalid request: alternatives parameter is not a number")
+    check_pair(str(fields["source"]), str(fields["target"]))
+    text_format = fields.get("format") or "text"
+    if text_format not in ("text", "html"):
+        raise BadRequest(f"{text_format} format is not supported")
+    return texts, isinstance(q, list), text_format, alternatives
+
+
+def decoding_options(alternatives: int) -> pb.DecodingOptions:
+    """LibreTranslate's alternatives are the n-best list after the best: alternatives + 1 hypotheses, which the beam
+    must hold (the default width stays when it is wider). None asked: the server's defaults."""
+    if not alternatives:
+        return pb.DecodingOptions()
+    n_best = alternatives + 1
+    return pb.DecodingOptions(n_best=n_best, beam_size=max(n_best, DecodeConfig().beam_size))
+
+
+def alternatives_of(result: pb.TextResult, n: int) -> list[str]:
+    """Up to n alternative translations of one text: the i-th puts each sentence's i-th hypothesis (its best when it
+    has fewer) in place of its best one, so the text keeps its lines and spacing; like LibreTranslate's, each is
+    unique and differs from the translation itself."""
+    out: list[str] = []
+    for i in range(1, n + 1):
+        pos, parts = 0, []
+        for sentence in result.sentences:
+            hypotheses = sentence.hypotheses
+            if not hypotheses:
+                continue
+            best, other = hypotheses[0].text, hypotheses[i if i < len(hypotheses) else 0].text
+            at = result.text.find(best, pos)
+            if at < 0:
+                break
+            parts += [result.text[pos:at], other]
+            pos = at + len(best)
+        text = "".join(parts) + result.text[pos:]
+        if text != result.text and text not in out:
+            out.append(text)
+    return out
+
+
+class LibreTranslate:
+    """The handlers of LibreTranslate's endpoints, calling the gRPC servers through `replicas`."""
+
+    def __init__(self, replicas: Replicas):
+        self.replicas = replicas
+
+    async def translate(self, request: web.Request) -> web.Response:
+        """POST /translate: q (a string or a list), source ("fr" or "auto"), target ("en"), format (text | html),
+        alternatives, api_key (sent on as metadata x-api-key). -> translatedText (a list when q is), alternatives
+        when asked (none for html, as in LibreTranslate), detectedLanguage when source is auto."""
+        try:
+            fields = await read_fields(request)
+            texts, batch, text_format, alternatives = parse_translate(fields)
+        except BadRequest as e:
+            return error(400, str(e))
+        key = fields.get("api_key") if isinstance(fields.get("api_key"), str) else None
+        try:
+            if text_format == "html":
+                translated, others = await self.translate_html(texts, key), [[] for _ in texts]
+            else:
+                request_pb = pb.TranslateRequest(texts=texts, options=decoding_options(alternatives))
+                results = (await self.replicas.translate(request_pb, key)).results
+                translated, others = [r.text for r in results], [alternatives_of(r, alternatives) for r in results]
+        except grpc.aio.AioRpcError as e:
+            return grpc_error(e)
+        body = {"translatedText": translated if batch else translated[0]}
+        if fields["source"] == "auto":
+            body["detectedLanguage"] = [dict(DETECTED) for _ in texts] if batch else dict(DETECTED)
+        if alternatives:
+            body["alternatives"] = others if batch else others[0]
+        return web.json_response(body)
+
+    async def translate_html(self, documents: list[str], key: str | None) -> list[str]:
+        """Each document's text segments translated, with attention (which places the inline tags), and put back.
+        Segments go in requests of at most the servers' max_texts, all at once: the servers batch them."""
+        pages = [HtmlTranslation(d) for d in documents]
+        texts = [t for page in pages for t in page.texts]
+        size = await self.replicas.max_texts(key) if texts else 1
+        replies = await asyncio.gather(*(
+            self.replicas.translate(pb.TranslateRequest(texts=texts[i:i + size], return_attention=True), key)
+            for i in range(0, len(texts), size)))
+        results = [MessageToDict(r, preserving_proto_field_name=True) for reply in replies for r in reply.results]
+        out, i = [], 0
+        for page in pages:
+            out.append(page.render(results[i:i + len(page.texts)]))
+            i += len(page.texts)
+        return out
+
+    async def detect(self, request: web.Request) -> web.Response:
+        """POST /detect: LibreTranslate's list of {"confidence", "language"}. We do no detection: this service reads
+        every text as French, its one source language, so the answer is always French with confidence 100 (on
+        LibreTranslate's 0-100 scale): how sure we are that the text will be translated as French, not a
+        measure of the text. A client that needs real detection must ask a detector."""
+        try:
+            fields = await read_fields(request)
+        except BadRequest as e:
+            return error(400, str(e))
+        if not fields.get("q"):
+            return error(400, "Invalid request: missing q parameter")
+        return web.json_response([dict(DETECTED)])
+
+    async def languages(self, request: web.Request) -> web.Response:
+        return web.json_response(LANGUAGES)
+
+    async def settings(self, request: web.Request) -> web.Response:
+        """GET /frontend/settings with LibreTranslate's keys. charLimit is the servers' max_chars (-1 when they do not
+        say); a key is required when the servers refuse the gateway's own key (or its lack of one)."""
+        char_limit, key_required = -1, False
+        try:
+            char_limit = (await self.replicas.model_info()).limits.max_chars or -1
+        except grpc.aio.AioRpcError as e:
+            key_required = e.code() == grpc.StatusCode.UNAUTHENTICATED
+        return web.json_response({
+            "charLimit": char_limit, "frontendTimeout": FRONTEND_TIMEOUT_MS, "apiKeys": key_required,
+            "keyRequired": key_required, "suggestions": False, "filesTranslation": False, "supportedFilesFormat": [],
+            "language": {"source": {"code": SOURCE, "name": NAMES[SOURCE]},
+                         "target": {"code": TARGET, "name": NAMES[TARGET]}}})

@@ -1,0 +1,290 @@
+/* The translation page (index.html): French in, English out, with its decoding options, the n-best hypotheses
+   and their attention (attention-viewer.js). It talks only to the gateway that served it: GET api/v1/options and
+   api/v1/info once, POST api/v1/translate per translation. The option controls are made from api/v1/options
+   (seq2seq_api.decoding.DecodeConfig), so a new option needs no change here. body[data-state] says where the page
+   is: loading, ready, busy, done or error (for tests, and for styles). */
+(function () {
+  "use strict";
+
+  const $ = (id) => document.getElementById(id);
+  // shown first, in this order; every other option goes under "More options"
+  const MAIN_OPTIONS = ["beam_size", "n_best", "sample", "temperature", "top_k", "top_p", "num_samples", "seed"];
+  const LIVE_DELAY_MS = 600;  // translate as you type: after this long without a keystroke
+
+  let optionList = [];   // from api/v1/options: [{name, type, default, help, range}]
+  let result = null;     // the TextResult on screen
+  let pending = null;    // the AbortController of the request in flight
+  let viewer = null;     // the AttentionViewer, made on the first translation
+  let liveTimer = 0;
+
+  class ApiError extends Error {
+    constructor(message, code) {
+      super(message);
+      this.code = code || "";
+    }
+  }
+
+  // GET (no body) or POST JSON; resolves to the JSON reply, rejects with ApiError carrying the gateway's message.
+  async function api(path, body, signal) {
+    const init = body === undefined ? {signal} : {
+      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body), signal};
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (e) {
+      if (e.name === "AbortError") throw e;
+      throw new ApiError(`cannot reach the gateway (${e.message})`, "UNAVAILABLE");
+    }
+    let payload = null;
+    try {
+      payload = await response.json();
+    } catch (e) {
+      payload = null;
+    }
+    if (!response.ok) {
+      const message = payload && payload.error ? payload.error : `HTTP ${response.status} ${response.statusText}`;
+      throw new ApiError(message, payload && payload.code);
+    }
+    if (payload === null) throw new ApiError(`the gateway's reply to ${path} is not JSON`, "INTERNAL");
+    return payload;
+  }
+
+  function showError(error) {
+    const box = $("error");
+    box.textContent = error.code ? `${error.code}: ${error.message}` : `Error: ${error.message}`;
+    box.hidden = false;
+    document.body.dataset.state = "error";
+  }
+
+  function clearError() {
+    $("error").hidden = true;
+    $("error").textContent = "";
+  }
+
+  // ---- the option controls, made from api/v1/options ------------------------------------------------------------
+
+  const kindOf = (type) => ({bool: "bool", boolean: "bool", int: "int", integer: "int", float: "float",
+                             number: "float"})[String(type).toLowerCase()] || "text";
+  const titleOf = (name) => name.charAt(0).toUpperCase() + name.slice(1).replace(/_/g, " ");
+
+  // An option's bounds, for the input's min and max (and its arrows): ge, gt, le of api/v1/options. The server
+  // checks the values (an exclusive gt included) and its message shows up in the page.
+  const bounds = (spec) => ({min: spec.ge ?? spec.gt ?? null, max: spec.le ?? null});
+
+  function optionControl(spec) {
+    const kind = kindOf(spec.type), id = `option-${spec.name}`, wrap = document.createElement("div");
+    wrap.className = `option option-${kind}`;
+    const label = document.createElement("label"), input = document.createElement("input");
+    label.htmlFor = input.id = id;
+    label.textContent = titleOf(spec.name);
+    input.name = spec.name;
+    input.dataset.kind = kind;
+    const help = document.createElement("small");
+    help.id = `${id}-help`;
+    help.textContent = spec.range ? `${spec.help} (${spec.range})` : spec.help;
+    input.setAttribute("aria-describedby", help.id);
+    if (kind === "bool") {
+      input.type = "checkbox";
+      wrap.append(input, label, help);
+    } else {
+      input.type = kind === "text" ? "text" : "number";
+      if (kind !== "text") {
+        input.step = kind === "int" ? "1" : "any";
+        input.inputMode = kind === "int" ? "numeric" : "decimal";
+        const {min, max} = bounds(spec);
+        if (min !== null) input.min = min;
+        if (max !== null) input.max = max;
+      }
+      if (spec.default === null || spec.default === undefined) input.placeholder = "unset";
+      wrap.append(label, input, help);
+    }
+    resetControl(input, spec);
+    return wrap;
+  }
+
+  function resetControl(input, spec) {
+    if (input.type === "checkbox") input.checked = Boolean(spec.default);
+    else input.value = spec.default === null || spec.default === undefined ? "" : String(spec.default);
+  }
+
+  function buildOptions(list) {
+    optionList = list;
+    const main = [], more = [];
+    for (const spec of list) (MAIN_OPTIONS.includes(spec.name) ? main : more).push(spec);
+    main.sort((a, b) => MAIN_OPTIONS.indexOf(a.name) - MAIN_OPTIONS.indexOf(b.name));
+    $("options-main").replaceChildren(...main.map(optionControl));
+    $("options-more").replaceChildren(...more.map(optionControl));
+    $("options-details").hidden = more.length === 0;
+  }
+
+  // The request's options: those set and different from their default (unset ones take the server's default).
+  function readOptions() {
+    const options = {};
+    for (const spec of optionList) {
+      const input = $(`option-${spec.name}`), kind = input.dataset.kind;
+      if (kind === "bool") {
+        if (input.checked !== Boolean(spec.default)) options[spec.name] = input.checked;
+        continue;
+      }
+      if (input.validity.badInput) throw new ApiError(`${spec.name} must be a number`, "INVALID_ARGUMENT");
+      const text = input.value.trim();
+      if (kind === "int" && text !== "" && !/^-?\d+$/.test(text)) {
+        throw new ApiError(`${spec.name} must be an integer, got ${text}`, "INVALID_ARGUMENT");
+      }
+      const value = kind === "text" ? text : Number(text);
+      if (text === "" || value === spec.default) continue;
+      // a uint64 (the seed) beyond 2^53 goes as a string, which protobuf's JSON reads exactly
+      options[spec.name] = kind === "int" && !Number.isSafeInteger(value) ? text : value;
+    }
+    return options;
+  }
+
+  // ---- translating ------------------------------------------------------------------------------------------------
+
+  function setBusy(busy) {
+    $("translation").setAttribute("aria-busy", String(busy));
+    $("busy").textContent = busy ? "Translating…" : "";
+    if (busy) document.body.dataset.state = "busy";
+  }
+
+  async function translate() {
+    clearTimeout(liveTimer);
+    const text = $("source").value;
+    if (!text.trim()) {
+      showError(new ApiError("type some French text to translate", ""));
+      return;
+    }
+    let options;
+    try {
+      options = readOptions();
+    } catch (e) {
+      showError(e);
+      return;
+    }
+    if (pending) pending.abort();  // a newer text or option wins over the request in flight
+    const controller = new AbortController();
+    pending = controller;
+    setBusy(true);
+    try {
+      const reply = await api("api/v1/translate", {texts: [text], options, split_sentences: true,
+                                                   return_scores: true, return_attention: true}, controller.signal);
+      if (!reply.results || !reply.results.length) throw new ApiError("the reply holds no result", "INTERNAL");
+      clearError();
+      showResult(reply.results[0]);
+      document.body.dataset.state = "done";
+    } catch (e) {
+      if (e.name !== "AbortError") showError(e);
+    } finally {
+      if (pending === controller) {
+        pending = null;
+        setBusy(false);
+      }
+    }
+  }
+
+  function showResult(textResult) {
+    result = textResult;
+    $("translation").textContent = textResult.text || "";
+    const sentences = textResult.sentences || [], select = $("sentence");
+    select.replaceChildren(...sentences.map((s, i) => new Option(`${i + 1}. ${s.source}`, String(i))));
+    $("sentence-picker").hidden = sentences.length < 2;
+    $("hypotheses-section").hidden = sentences.length === 0;
+    if (sentences.length) showSentence(0);
+    else $("attention-section").hidden = true;
+  }
+
+  function showSentence(index) {
+    const hypotheses = result.sentences[index].hypotheses || [];
+    $("hypotheses").replaceChildren(...hypotheses.map((h, k) => {
+      const li = document.createElement("li"), button = document.createElement("button");
+      button.type = "button";
+      button.className = "hypothesis";
+      button.dataset.index = k;
+      const text = document.createElement("span"), score = document.createElement("span");
+      text.className = "hypothesis-text";
+      text.lang = "en";
+      text.textContent = h.text || "";
+      score.className = "score";
+      score.textContent = `score ${(h.score || 0).toFixed(3)}`;
+      button.append(text, " ", score);
+      button.addEventListener("click", () => showAttention(index, k));
+      li.appendChild(button);
+      return li;
+    }));
+    showAttention(index, 0);
+  }
+
+  function showAttention(sentence, k) {
+    const hypotheses = result.sentences[sentence].hypotheses || [];
+    document.querySelectorAll("#hypotheses .hypothesis").forEach((b, i) => {
+      b.setAttribute("aria-pressed", String(i === k));
+    });
+    const attention = hypotheses[k] && hypotheses[k].attention, section = $("attention-section");
+    section.hidden = !attention;
+    if (!attention) return;
+    const many = result.sentences.length > 1 ? ` of sentence ${sentence + 1}` : "";
+    $("attention-of").textContent = `Hypothesis ${k + 1}${many}: “${hypotheses[k].text}” (hover or focus a ` +
+      "target token to light up what it attends to)";
+    try {
+      if (viewer) viewer.update(attention);
+      else viewer = AttentionViewer.mount($("attention"), attention);
+    } catch (e) {
+      section.hidden = true;
+      showError(new ApiError(`cannot show the attention: ${e.message}`, ""));
+    }
+  }
+
+  // ---- start ------------------------------------------------------------------------------------------------------
+
+  function showInfo(info) {
+    const limits = info.limits || {};
+    if (limits.max_chars) $("source").maxLength = limits.max_chars;
+    const parts = [info.name, info.precision, info.device].filter(Boolean).join(", ");
+    $("model-info").textContent = parts ? `Model: ${parts}` : "";
+    countChars();
+  }
+
+  function countChars() {
+    const max = $("source").maxLength;
+    $("source-count").textContent = max > 0 ? `${$("source").value.length} / ${max} characters` : "";
+  }
+
+  function wire() {
+    $("translate-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      translate();
+    });
+    $("source").addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+        event.preventDefault();
+        translate();
+      }
+    });
+    $("source").addEventListener("input", () => {
+      countChars();
+      clearTimeout(liveTimer);
+      if ($("live").checked && $("source").value.trim()) liveTimer = setTimeout(translate, LIVE_DELAY_MS);
+    });
+    $("options").addEventListener("change", () => {
+      if ($("live").checked && $("source").value.trim()) translate();
+    });
+    $("reset-options").addEventListener("click", () => {
+      for (const spec of optionList) resetControl($(`option-${spec.name}`), spec);
+      if ($("live").checked && $("source").value.trim()) translate();
+    });
+    $("sentence").addEventListener("change", () => showSentence(+$("sentence").value));
+  }
+
+  async function start() {
+    wire();
+    const [options, info] = await Promise.allSettled([api("api/v1/options"), api("api/v1/info")]);
+    if (options.status === "fulfilled") buildOptions(options.value.options || options.value);
+    else showError(new ApiError(`no decoding options (${options.reason.message}); the defaults apply`,
+                                options.reason.code));
+    if (info.status === "fulfilled") showInfo(info.value);
+    else if (options.status === "fulfilled") showError(info.reason);
+    if (document.body.dataset.state === "loading") document.body.dataset.state = "ready";
+  }
+
+  start();
+})();
