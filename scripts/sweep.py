@@ -2,8 +2,9 @@
 
     python scripts/sweep.py --runs ~/runs/sweep                 # every run in SWEEP, in order; done runs are skipped
     python scripts/sweep.py --runs ~/runs/sweep --only d384     # one run
+    python scripts/sweep.py --runs ~/runs/sweep --table         # the results as docs/sweep.md's table
 
-Each run trains for PROXY's 20 minutes of training time (`train.max_minutes`; evaluation does not count), then its
+Each run trains for PROXY's 30 minutes of training time (`train.max_minutes`; evaluation does not count), then its
 last checkpoint is scored with beam 4 on Multi30k val and on the Tatoeba dev split that scripts/carve_dev.py carved
 (never a test set). One JSON line per run is appended to RUNS/results.jsonl; docs/sweep.md holds the table.
 """
@@ -22,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "configs/default-bt.yaml"
 DEV_SETS = {"multi30k_val": "../shared/data/multi30k/val", "tatoeba_dev": "~/runs/data/tatoeba_dev"}
 
-# What every proxy run changes in the base config: 20 minutes, a warmup that ends well inside them, dev BLEU on the
+# What every proxy run changes in the base config: 30 minutes, a warmup that ends well inside them, dev BLEU on the
 # first 500 val sentences every 250 steps for the learning curve, no early stopping.
-PROXY = {"train": {"max_minutes": 20, "warmup_steps": 400, "eval_every": 250, "save_every": 250, "patience": 0,
+PROXY = {"train": {"max_minutes": 30, "warmup_steps": 400, "eval_every": 250, "save_every": 250, "patience": 0,
                    "average_last": 0},
          "data": {"dev_bleu_sentences": 500}}
 
@@ -106,13 +107,32 @@ def run_one(name: str, runs: Path, python: str) -> dict:
     return result
 
 
+def table(runs: Path) -> str:
+    """The Markdown table of RUNS/results.jsonl, in the order the runs finished."""
+    lines = ["| run | what | minutes (train / wall) | steps | tokens/s | Multi30k val BLEU (chrF) | Tatoeba dev BLEU "
+             "(chrF) | greedy val[:500] BLEU by step |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for line in (runs / "results.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        val, tat = r["multi30k_val_beam4"], r["tatoeba_dev_beam4"]
+        steps = int(r["checkpoint"].split("_")[1].split(".")[0])
+        curve = ", ".join(f"{s}: {b}" for s, b in r["greedy_val500_curve"])
+        lines.append(f"| {r['name']} | {r['what']} | {r['train_minutes']} / {r['wall_minutes']} | {steps:,} | "
+                     f"{r['tokens_per_s']:,} | {val['bleu']:.2f} ({val['chrf']:.1f}) | {tat['bleu']:.2f} "
+                     f"({tat['chrf']:.1f}) | {curve} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="~/runs/sweep", help="where the runs and results.jsonl go")
     p.add_argument("--only", nargs="*", choices=sorted(SWEEP), help="these runs (default: all, in order)")
     p.add_argument("--python", default=sys.executable)
+    p.add_argument("--table", action="store_true", help="print the results as a Markdown table and exit")
     args = p.parse_args()
     runs = Path(os.path.expanduser(args.runs))
+    if args.table:
+        print(table(runs))
+        return
     runs.mkdir(parents=True, exist_ok=True)
     done = set()
     if (runs / "results.jsonl").exists():

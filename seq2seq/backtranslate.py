@@ -28,11 +28,12 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
 from .config import PRECISIONS, ConfigError, DecodeConfig
+from .options import ArgumentParser, add_decode_flags, decode_options_from_args
 from .tokenizer import Tokenizer
 from .translator import InputError, Translator
 
 log = logging.getLogger("seq2seq.backtranslate")
-SEARCH = ("sample", "beam_size", "length_penalty", "temperature", "top_k", "top_p")  # the DecodeConfig fields we use
+SAMPLING = ("temperature", "top_k", "top_p", "num_samples")  # DecodeConfig fields that need --sample
 COUNTS = ("lines", "pairs", "empty", "too_long", "empty_output")  # input lines read, pairs written, lines skipped
 
 
@@ -40,25 +41,16 @@ class BacktranslateError(ValueError):
     """A bad input file, output or resume; the message is one line that says which and why."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, as for every other bad input (argparse prints the usage too)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="seq2seq-backtranslate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="seq2seq-backtranslate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="checkpoint file or model directory (e.g. an en→fr averaged.pt)")
     p.add_argument("--input", required=True, help="monolingual text in the model's source language, .gz or plain")
     p.add_argument("--out", required=True, help="output prefix: OUT.<tgt>.gz (synthetic) + OUT.<src>.gz (input)")
     p.add_argument("--src-lang", help="the model's source language (default: from the checkpoint's data config)")
     p.add_argument("--tgt-lang", help="the model's target language (default: from the checkpoint's data config)")
-    g = p.add_argument_group("search: beam search (default) or sampling (Edunov et al. 2018)")
-    g.add_argument("--beam-size", type=int, default=None, help="K of beam search (default 4, the paper's §6.1)")
-    g.add_argument("--sample", action="store_true", help="sample instead: unrestricted, or with --top-k 10")
-    g.add_argument("--temperature", type=float, default=None, help="with --sample (default 1.0)")
-    g.add_argument("--top-k", type=int, default=None, help="with --sample: keep the k most probable tokens (0 = all)")
-    g.add_argument("--top-p", type=float, default=None, help="with --sample: nucleus mass (1.0 = off)")
-    g.add_argument("--seed", type=int, default=1, help="sampling: chunk k draws from the generator seeded by (seed, k)")
+    # DecodeConfig's flags: beam search (default beam 4, the paper's §6.1) or --sample (Edunov et al. 2018, e.g.
+    # --sample --top-k 10). --seed seeds chunk k's draws with (seed, k); unset = 1.
+    add_decode_flags(p, defaults=False)
     r = p.add_argument_group("run")
     r.add_argument("--chunk-lines", type=int, default=1000, help="input lines per chunk (the unit of resuming)")
     r.add_argument("--limit", type=int, default=None, help="stop after the first N input lines (a later run can go on)")
@@ -70,21 +62,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("chunk_lines", "limit", "max_input_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.seed is None:
+        args.seed = 1
     return args
 
 
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
-    """The search the flags ask for; sampling flags without --sample (or a beam with it) are an error."""
-    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    """The search the flags ask for; sampling flags without --sample (or a beam with it) are an error. Only the best
+    output of each line is written, so n_best is 1 whatever the flags say."""
+    given = {k: v for k, v in decode_options_from_args(args).items() if k not in ("seed", "sample", "n_best")}
+    sampling = {k: given.pop(k) for k in SAMPLING if k in given}
     if args.sample:
-        if args.beam_size is not None:
+        if "beam_size" in given:
             raise ConfigError("--beam-size and --sample exclude each other")
         # seed None: chunks draw from torch's global generator, seeded per chunk in `translate_chunk`
-        return DecodeConfig(sample=True, seed=None, **{k: v for k, v in sampling.items() if v is not None})
-    given = [f"--{k.replace('_', '-')}" for k, v in sampling.items() if v is not None]
-    if given:
-        raise ConfigError(f"{', '.join(given)} need(s) --sample")
-    return DecodeConfig(beam_size=4 if args.beam_size is None else args.beam_size)
+        return DecodeConfig(sample=True, seed=None, **sampling, **given)
+    if sampling:
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in sampling)} need(s) --sample")
+    return DecodeConfig(**{"beam_size": 4, **given})
 
 
 # ---- files -----------------------------------------------------------------------------------------------------------
@@ -265,7 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, int]:
     src_lang, tgt_lang = languages(payload, args)
     weights = Path(args.model) / ckpt.WEIGHTS if Path(args.model).is_dir() else Path(args.model)
     options = {"input_sha256": sha256(source), "model_sha256": sha256(weights), "src_lang": src_lang,
-               "tgt_lang": tgt_lang, "search": {k: getattr(config, k) for k in SEARCH},
+               "tgt_lang": tgt_lang, "search": {k: v for k, v in config.to_dict().items() if k != "seed"},
                "seed": args.seed if config.sample else None, "chunk_lines": args.chunk_lines,
                "max_input_tokens": args.max_input_tokens, "precision": args.precision}
     # 2. The output, resumed where its state says.
