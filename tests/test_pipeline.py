@@ -23,14 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BT_LIMIT = 120
 
 
-def tiny(path: Path, src: str, tgt: str, train: list, max_steps: int) -> str:
+def tiny(path: Path, src: str, tgt: str, train: list, max_steps: int, dev: str | None = None) -> str:
     """A config for a run of seconds: the tiny model of conftest.tiny_config, checkpoints averaged at the end; a few
-    hundred steps teach it to copy (so that back-translation outputs are not empty)."""
+    hundred steps teach it to copy (so that back-translation outputs are not empty). With `dev`, evaluations keep
+    best.pt (the back-translation stage reads the en→fr run's best.pt)."""
     cfg = {"model": {"d_model": 32, "n_heads": 2, "n_layers": 1, "d_ff": 64, "dropout": 0.0},
            "data": {"src_lang": src, "tgt_lang": tgt, "train": train, "vocab_size": 60, "max_tokens": 400,
-                    "max_len": 32, "bt_tag": src == "fr"},
-           "train": {"max_steps": max_steps, "warmup_steps": 50, "lr_scale": 0.15, "log_every": 50, "eval_every": 0,
-                     "save_every": 50, "average_last": 2, "threads": 1}}
+                    "max_len": 32, "bt_tag": src == "fr", "dev": dev},
+           "train": {"max_steps": max_steps, "warmup_steps": 50, "lr_scale": 0.15, "log_every": 50,
+                     "eval_every": max_steps // 2 if dev else 0, "save_every": 50, "average_last": 2, "threads": 1}}
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
 
@@ -51,7 +52,8 @@ def pipeline(tmp_path_factory) -> dict:
                    {"path": bt, "synthetic": True}]
     env = {**os.environ, "RUNS": str(runs), "DATA": str(data), "OUT": str(out), "PY": sys.executable,
            "CONFIG_ENFR": tiny(tmp / "en-fr-tiny.yaml", "en", "fr", [str(data / "multi30k" / "train"),
-                                                                      str(runs / "data" / "tatoeba_train")], 400),
+                                                                      str(runs / "data" / "tatoeba_train")], 400,
+                               dev=str(runs / "data" / "tatoeba_dev")),
            "CONFIG_FRENF": tiny(tmp / "fr-en-tiny.yaml", "fr", "en", frenf_train, 200),
            "DEV_SIZE": "20", "BT_LIMIT": str(BT_LIMIT), "BT_ARGS": "--beam-size 2", "EVAL": "0",
            "OMP_NUM_THREADS": "1"}
