@@ -3,6 +3,7 @@
     python scripts/sweep.py --runs ~/runs/sweep                 # every run in SWEEP, in order; done runs are skipped
     python scripts/sweep.py --runs ~/runs/sweep --only d384     # one run
     python scripts/sweep.py --runs ~/runs/sweep --table         # the results as docs/sweep.md's table
+    python scripts/sweep.py --runs ~/runs/sweep --at-step 750   # every run's checkpoint of step 750, scored alike
 
 Each run trains for PROXY's 30 minutes of training time (`train.max_minutes`; evaluation does not count), then its
 last checkpoint is scored with beam 4 on Multi30k val and on the Tatoeba dev split that scripts/carve_dev.py carved
@@ -27,7 +28,7 @@ DEV_SETS = {"multi30k_val": "../shared/data/multi30k/val", "tatoeba_dev": "~/run
 # first 500 val sentences every 250 steps for the learning curve, no early stopping.
 PROXY = {"train": {"max_minutes": 30, "warmup_steps": 400, "eval_every": 250, "save_every": 250, "patience": 0,
                    "average_last": 0},
-         "data": {"dev_bleu_sentences": 500}}
+         "data": {"dev_bleu_sentences": 500, "bt_tag": True}}  # the sweep's base tags (configs/default-bt.yaml did)
 
 M30K = "../shared/data/multi30k/train"
 TATOEBA = "~/runs/data/tatoeba_train"
@@ -35,7 +36,7 @@ BT = "~/runs/bt/train_captions"
 
 # name -> (what it tests, overrides of the proxy config). data.train lists replace the base list whole.
 SWEEP = {
-    "base": ("configs/default-bt.yaml: Multi30k x3, Tatoeba, tagged beam back-translation, d256 L4", {}),
+    "base": ("Multi30k x3, Tatoeba, tagged beam back-translation, d256 L4 (configs/default-bt.yaml before the sweep)", {}),
     "d384": ("width 384 (6 heads, d_ff 1536)", {"model": {"d_model": 384, "n_heads": 6, "d_ff": 1536}}),
     "untagged": ("back-translation without the <BT> tag", {"data": {"bt_tag": False}}),
     "no-bt": ("no back-translation (Multi30k x3, Tatoeba)",
@@ -122,16 +123,35 @@ def table(runs: Path) -> str:
     return "\n".join(lines)
 
 
+def at_step(runs: Path, step: int, python: str) -> None:
+    """Every finished run's checkpoint of `step` scored like its last one, into RUNS/at_step.jsonl: a comparison at
+    equal steps, which the time-limited runs do not give when the machine was shared unequally."""
+    for line in (runs / "results.jsonl").read_text().splitlines():
+        name = json.loads(line)["name"]
+        path = runs / name / f"checkpoint_{step:08d}.pt"
+        if not path.is_file():
+            print(f"sweep: {name} has no checkpoint of step {step}", file=sys.stderr)
+            continue
+        result = {"name": name, "step": step, **{f"{k}_beam4": score(python, path, v) for k, v in DEV_SETS.items()}}
+        with open(runs / "at_step.jsonl", "a") as f:
+            f.write(json.dumps(result) + "\n")
+        print(json.dumps(result), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="~/runs/sweep", help="where the runs and results.jsonl go")
     p.add_argument("--only", nargs="*", choices=sorted(SWEEP), help="these runs (default: all, in order)")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--table", action="store_true", help="print the results as a Markdown table and exit")
+    p.add_argument("--at-step", type=int, help="score every finished run's checkpoint of this step, then exit")
     args = p.parse_args()
     runs = Path(os.path.expanduser(args.runs))
     if args.table:
         print(table(runs))
+        return
+    if args.at_step:
+        at_step(runs, args.at_step, args.python)
         return
     runs.mkdir(parents=True, exist_ok=True)
     done = set()
