@@ -230,7 +230,8 @@ async def test_api_key_goes_to_the_grpc_server_as_x_api_key():
 
 ERRORS = [  # gRPC code, the server's message -> HTTP status, LibreTranslate's error, our API's error
     (Code.INVALID_ARGUMENT, "text 0 is empty", 400, "text 0 is empty", "text 0 is empty"),
-    (Code.UNAUTHENTICATED, "invalid API key", 403, "Invalid API key", "invalid API key"),
+    (Code.UNAUTHENTICATED, "invalid API key", 403, "Invalid API key",
+     "a valid API key is required: send it in the X-API-Key header"),
     (Code.RESOURCE_EXHAUSTED, "the queue is full", 429, "Slowdown: the queue is full", "the queue is full"),
     (Code.DEADLINE_EXCEEDED, "deadline", 504, *["the translation took longer than the gateway's timeout"] * 2),
     (Code.UNAVAILABLE, "connect to 10.0.0.7 failed", 503, *["no translation server is available; retry later"] * 2),

@@ -299,6 +299,8 @@ class JsonApi:
         return web.json_response({"error": message, "code": code}, status=status)
 
     def grpc_error(self, e: grpc.aio.AioRpcError) -> web.Response:
+        if e.code() == grpc.StatusCode.UNAUTHENTICATED:  # the server's words name gRPC metadata; over HTTP it's a header
+            return self.error(403, e.code().name, "a valid API key is required: send it in the X-API-Key header")
         return self.error(HTTP_STATUS.get(e.code(), 500), e.code().name, public_message(e))
 
     async def translate(self, request: web.Request) -> web.Response:
