@@ -89,3 +89,13 @@ def browser():
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     yield driver
     driver.quit()
+
+
+def alphas(elements) -> list[float]:
+    """The alpha of each element's computed background colour (0 for transparent)."""
+    out = []
+    for el in elements:
+        colour = el.value_of_css_property("background-color")  # "rgba(r, g, b, a)" or "rgb(r, g, b)"
+        parts = colour[colour.index("(") + 1:-1].split(",")
+        out.append(float(parts[3]) if len(parts) == 4 else 1.0)
+    return out

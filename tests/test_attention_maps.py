@@ -15,7 +15,7 @@ from seq2seq import DecodeConfig, ModelConfig, Transformer, Translator
 from seq2seq.attention_maps import align_words, group_words
 from seq2seq.tokenizer import Tokenizer
 
-from conftest import WORDS
+from conftest import WORDS, alphas
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -180,16 +180,6 @@ def test_views_need_no_torch(maps_dict, tmp_path):
 
 
 # ---- the viewer in a real browser ----------------------------------------------------------------------------------
-
-def alphas(elements) -> list[float]:
-    """The alpha of each element's computed background colour (0 for transparent)."""
-    out = []
-    for el in elements:
-        colour = el.value_of_css_property("background-color")  # "rgba(r, g, b, a)" or "rgb(r, g, b)"
-        parts = colour[colour.index("(") + 1:-1].split(",")
-        out.append(float(parts[3]) if len(parts) == 4 else 1.0)
-    return out
-
 
 @pytest.mark.slow
 def test_html_viewer_reacts_to_hover_picker_and_temperature(browser, maps_dict, tmp_path):

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
+from conftest import alphas
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "fr-en-small"
 STATIC = ROOT / "client" / "seq2seq_client" / "web" / "static"
@@ -141,16 +143,6 @@ def translate(browser, text: str) -> str:
     source.send_keys(Keys.CONTROL, Keys.ENTER)
     WebDriverWait(browser, 120).until(lambda b: state(b) in ("done", "error"))
     return state(browser)
-
-
-def alphas(elements) -> list[float]:
-    """The alpha of each element's computed background colour (0 for transparent)."""
-    out = []
-    for el in elements:
-        colour = el.value_of_css_property("background-color")  # "rgba(r, g, b, a)" or "rgb(r, g, b)"
-        parts = colour[colour.index("(") + 1:-1].split(",")
-        out.append(float(parts[3]) if len(parts) == 4 else 1.0)
-    return out
 
 
 def rows_of(flat: list[float], n_cols: int) -> list[list[float]]:
