@@ -9,15 +9,20 @@
 # have on the project's machines. Unset, pip uses the indexes.
 ARG BASE_IMAGE=python:3.11-slim
 
-# ---- web: `pip install ./client[web]`, which builds the gRPC stubs from proto/ (client/stubs_build.py) ----------
-FROM ${BASE_IMAGE} AS web
-ARG WHEELS_ONLY=
+# ---- base: what both images share ---------------------------------------------------------------------------------
+# A virtual environment: Debian's own python3 (the local base image) refuses system-wide pip installs (PEP 668).
+# The services run as an unprivileged user.
+FROM ${BASE_IMAGE} AS base
 RUN python3 -m venv /opt/venv && useradd --create-home --uid 10001 app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
+
+# ---- web: `pip install ./client[web]`, which builds the gRPC stubs from proto/ (client/stubs_build.py) ----------
+FROM base AS web
+ARG WHEELS_ONLY=
 COPY proto ./proto
 COPY client ./client
 RUN --mount=type=bind,source=docker/wheels,target=/wheels \
@@ -32,22 +37,13 @@ EXPOSE 8080
 CMD ["seq2seq-web"]
 
 # ---- server -----------------------------------------------------------------------------------------------------
-FROM ${BASE_IMAGE} AS server
+FROM base AS server
 
 # PyPI's torch for Linux is the CUDA build (several GB with its nvidia-* packages), so the CPU image takes torch
 # from the PyTorch CPU wheel index, the default below (the one index URL this project writes down). Empty means
 # pip's default index (PyPI): the GPU variant (docker-compose.gpu.yml) sets it empty.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG WHEELS_ONLY=
-
-# A virtual environment: Debian's own python3 (the local base image) refuses system-wide pip installs (PEP 668).
-# The server runs as an unprivileged user.
-RUN python3 -m venv /opt/venv && useradd --create-home --uid 10001 app
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /app
 
 # 1. torch first and pinned, in its own layer: the largest part, and the one that changes least.
 RUN --mount=type=bind,source=docker/wheels,target=/wheels \
