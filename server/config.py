@@ -6,8 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, field, fields
 
-from seq2seq.config import PRECISIONS
-from seq2seq.config import field_kind
+from seq2seq.config import PRECISIONS, field_kind
 from seq2seq.options import ArgumentParser, parse_bool
 
 
