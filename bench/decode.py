@@ -35,9 +35,9 @@ from seq2seq.export import export_ctranslate2, export_marian  # noqa: E402
 from seq2seq.translator import Translator  # noqa: E402
 
 
-def ours(model_path: str, precision: str, beam: int):
+def ours(model_path: str, precision: str, beam: int, device: str = "cpu"):
     model, tok = load_model(model_path)
-    translator = Translator(model, tok, device="cpu", precision=precision, max_batch_tokens=10 ** 9)
+    translator = Translator(model, tok, device=device, precision=precision)
     config = DecodeConfig(beam_size=beam, length_penalty=0.6)
 
     def run(batch: list[str]) -> tuple[list[str], int]:
@@ -93,8 +93,9 @@ def run_worker(args, name: str, export_dir: Path, sources: list[str], refs: list
     """One system, in this process alone: load, warm up on one group, time the whole set."""
     groups = [sources[i:i + args.batch_size] for i in range(0, len(sources), args.batch_size)]
     _, tok = load_model(args.model)
-    make = {"ours-fp32": lambda: ours(args.model, "fp32", args.beam_size),
-            "ours-bf16": lambda: ours(args.model, "bf16", args.beam_size),
+    make = {"ours-fp32": lambda: ours(args.model, "fp32", args.beam_size, args.device),
+            "ours-bf16": lambda: ours(args.model, "bf16", args.beam_size, args.device),
+            "ours-fp16": lambda: ours(args.model, "fp16", args.beam_size, args.device),
             "ours-int8": lambda: ours(args.model, "int8", args.beam_size),
             "hf-fp32": lambda: hf(export_dir / "marian", args.beam_size),
             "ct2-float32": lambda: ct2(export_dir / "ct2", "float32", args.beam_size, args.threads, tok.sp),
@@ -115,6 +116,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=0, help="first N sentences only")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="for ours-fp32/bf16/fp16 (cuda for `make gpu-check`)")
     p.add_argument("--systems", default="ours-fp32,ours-bf16,ours-int8,hf-fp32,ct2-float32,ct2-int8")
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one system, print its JSON
@@ -138,7 +140,7 @@ def main() -> None:
     names = args.systems.split(",")
     runs: dict[str, list[dict]] = {n: [] for n in names}
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                   if k in ("model", "data", "beam_size", "batch_size", "limit", "threads")]
+                   if k in ("model", "data", "beam_size", "batch_size", "limit", "threads", "device")]
     for r in range(args.rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
             start = time.perf_counter()

@@ -1,12 +1,18 @@
-"""Throughput and latency of seq2seq-serve under concurrent load, with cross-request batching on and off.
+"""seq2seq-serve under load against offline decoding of the same sentences (the decoding engine, issue 11).
 
-For each --batch-window-ms value a fresh server process is started; for each concurrency C, C client threads each
-send one-sentence Translate requests back to back (default options: beam 4) until --requests have been answered.
-Reported per (window, C): sentences/s, p50 and p99 latency, decoding batches per request (from the server's
-metrics). The ratios the issue asks for are computed inside one run: throughput at C against C = 1, and p99
-against the p50 of a lone request (C = 1) with the same window.
+One run measures, on Multi30k test_2016_flickr with the shipped model at one precision (default: the server's
+auto) and beam 4:
+- offline: `Translator.translate` on all the sentences in one process (what `seq2seq-translate` does), sentences/s;
+- the server with cross-request batching (a fresh process): C = 1 (p50, p99) and C = 32 (throughput, p99, against
+  offline and against Little's law: p99 ≤ 1.5 × 32 / offline rate), then a mixed load at C = 32 (half beam 4, a
+  quarter greedy, a quarter seeded sampling) against the single-option throughput;
+- 1,000 sentences one at a time against the same 1,000 at C = 64: how many translations differ;
+- --memory-requests requests at C = 64, then the server's peak RSS (VmHWM);
+- the server without cross-request batching (`--batching false`) at C = 32.
+C client threads each send one-sentence Translate requests back to back; they run in this process, on the same
+cores as the server.
 
-    python bench/serve.py --model models/fr-en-small --concurrency 1,8,32 --windows 5,0 --requests 256
+    python bench/serve.py --model models/fr-en-small --json /tmp/serve.json
 """
 from __future__ import annotations
 
@@ -14,12 +20,10 @@ import argparse
 import gzip
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,33 +31,33 @@ sys.path.insert(0, str(ROOT))
 
 from seq2seq_client import TranslatorClient  # noqa: E402
 
+BEAM = {"beam_size": 4}
+MIXED = [BEAM, BEAM, {"beam_size": 1}, {"sample": True, "seed": 1, "top_k": 10}]  # by request index mod 4
 
-def start_server(model: str, window_ms: float, threads: int, precision: str) -> tuple[subprocess.Popen, int, int]:
-    env = dict(os.environ, SEQ2SEQ_MODEL=model, SEQ2SEQ_PORT="0", SEQ2SEQ_HOST="127.0.0.1", SEQ2SEQ_METRICS_PORT="0",
-               SEQ2SEQ_METRICS_HOST="127.0.0.1", SEQ2SEQ_BATCH_WINDOW_MS=str(window_ms),
-               SEQ2SEQ_THREADS=str(threads), SEQ2SEQ_PRECISION=precision)
+
+def start_server(model: str, threads: int, precision: str, batching: bool,
+                 device: str = "cpu") -> tuple[subprocess.Popen, int]:
+    env = dict(os.environ, SEQ2SEQ_MODEL=model, SEQ2SEQ_DEVICE=device, SEQ2SEQ_PORT="0", SEQ2SEQ_HOST="127.0.0.1", SEQ2SEQ_METRICS_PORT="-1",
+               SEQ2SEQ_THREADS=str(threads), SEQ2SEQ_PRECISION=precision, SEQ2SEQ_BATCHING=str(batching).lower(),
+               SEQ2SEQ_MAX_QUEUE="100", SEQ2SEQ_WORKERS="200")
     proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    port = metrics_port = None
+    port = None
     for line in proc.stderr:
         entry = json.loads(line)
         if entry["message"] == "listening":
-            port, metrics_port = entry["port"], entry["metrics_port"]
+            port = entry["port"]
         if entry["message"] == "serving":
             break
         if entry["level"] == "error":
             raise SystemExit(f"server failed: {entry['message']}")
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # drain the logs
-    return proc, port, metrics_port
+    return proc, port
 
 
-def batches(metrics_port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    return float(re.search(r"^seq2seq_decode_batches_total (\S+)$", text, re.M).group(1))
-
-
-def load(port: int, sentences: list[str], concurrency: int, requests: int) -> tuple[float, list[float]]:
-    """C threads, each sending requests back to back; returns (wall seconds, per-request latencies)."""
-    latencies: list[float] = []
+def load(port: int, sentences: list[str], concurrency: int, requests: int,
+         options=lambda i: BEAM) -> tuple[float, list[float], dict[int, str]]:
+    """C threads sending requests back to back; returns (wall seconds, latencies, text of each request index)."""
+    latencies, texts = [], {}
     lock, counter = threading.Lock(), iter(range(requests))
 
     def worker(client: TranslatorClient) -> None:
@@ -63,18 +67,19 @@ def load(port: int, sentences: list[str], concurrency: int, requests: int) -> tu
             if i is None:
                 return
             tic = time.perf_counter()
-            client.translate([sentences[i % len(sentences)]])
+            text = client.translate([sentences[i % len(sentences)]], options(i)).results[0].text
             with lock:
                 latencies.append(time.perf_counter() - tic)
+                texts[i] = text
 
-    with TranslatorClient(f"127.0.0.1:{port}", timeout=120) as client:
+    with TranslatorClient(f"127.0.0.1:{port}", timeout=300) as client:
         workers = [threading.Thread(target=worker, args=(client,)) for _ in range(concurrency)]
         tic = time.perf_counter()
         for w in workers:
             w.start()
         for w in workers:
             w.join()
-        return time.perf_counter() - tic, latencies
+        return time.perf_counter() - tic, latencies, texts
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -82,44 +87,91 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+
+
+OFFLINE = """
+import sys, time, torch
+from seq2seq.checkpoint import default_model
+from seq2seq.config import DecodeConfig
+from seq2seq.translator import Translator
+torch.set_num_threads(int(sys.argv[3]))
+lines = [l.strip() for l in open(sys.argv[1]) if l.strip()]
+t = Translator.from_checkpoint(sys.argv[2], device=sys.argv[5], precision=sys.argv[4])
+t.translate(lines[-50:], DecodeConfig(beam_size=4))
+tic = time.perf_counter()
+t.translate(lines, DecodeConfig(beam_size=4))
+print(len(lines) / (time.perf_counter() - tic), t.precision)
+"""
+
+
+def offline(model: str, sentences: list[str], threads: int, precision: str, device: str) -> tuple[float, str]:
+    path = Path("/tmp/bench_serve_sentences.txt")
+    path.write_text("\n".join(sentences) + "\n")
+    out = subprocess.run([sys.executable, "-c", OFFLINE, str(path), model, str(threads), precision, device],
+                         cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), out[1]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/multi30k/test_2016_flickr.fr.gz"))
-    p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--windows", default="5,0", help="--batch-window-ms values, one server each")
-    p.add_argument("--requests", type=int, default=256, help="requests per concurrency level")
-    p.add_argument("--threads", type=int, default=2, help="the server's torch threads")
+    p.add_argument("--requests", type=int, default=512, help="requests per throughput measurement")
+    p.add_argument("--memory-requests", type=int, default=10_000)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the server and of offline decoding")
     p.add_argument("--precision", default="auto")
+    p.add_argument("--device", default="cpu", help="the server's and offline decoding's (cuda: `make gpu-check`)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     with gzip.open(args.data, "rt", encoding="utf-8") as f:
         sentences = [line.strip() for line in f if line.strip()]
-    rows = []
-    for window in map(float, args.windows.split(",")):
-        proc, port, metrics_port = start_server(args.model, window, args.threads, args.precision)
-        try:
-            load(port, sentences[-50:], 4, 50)  # warm-up, on sentences the runs below do not start with
-            for c in map(int, args.concurrency.split(",")):
-                before = batches(metrics_port)
-                wall, lat = load(port, sentences, c, args.requests)
-                rows.append({"window_ms": window, "concurrency": c, "requests": len(lat),
-                             "sentences_per_s": len(lat) / wall, "p50_ms": 1000 * percentile(lat, 50),
-                             "p99_ms": 1000 * percentile(lat, 99),
-                             "batches_per_request": (batches(metrics_port) - before) / len(lat)})
-                print(json.dumps(rows[-1]), flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-    print("\n| window ms | concurrency | sentences/s | × C=1 | p50 ms | p99 ms | p99 / lone p50 | batches/request |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        lone = next(x for x in rows if x["window_ms"] == r["window_ms"] and x["concurrency"] == 1)
-        print(f"| {r['window_ms']:g} | {r['concurrency']} | {r['sentences_per_s']:.1f} | "
-              f"{r['sentences_per_s'] / lone['sentences_per_s']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-              f"{r['p99_ms'] / lone['p50_ms']:.2f} | {r['batches_per_request']:.2f} |")
+    out: dict = {}
+    rate, precision = offline(args.model, sentences, args.threads, args.precision, args.device)
+    out["offline"] = {"sentences_per_s": rate, "precision": precision}
+    print(json.dumps(out), flush=True)
+
+    def measure(port, c, requests, options=lambda i: BEAM):
+        wall, lat, texts = load(port, sentences, c, requests, options)
+        return {"concurrency": c, "requests": len(lat), "sentences_per_s": len(lat) / wall,
+                "p50_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}, texts
+
+    proc, port = start_server(args.model, args.threads, precision, True, args.device)
+    try:
+        load(port, sentences[-50:], 4, 50)  # warm-up
+        out["c1"], _ = measure(port, 1, min(args.requests, 200))
+        out["c32"], _ = measure(port, 32, args.requests)
+        out["mixed_c32"], _ = measure(port, 32, args.requests, lambda i: MIXED[i % 4])
+        print(json.dumps(out), flush=True)
+        _, _, one = load(port, sentences[:1000], 1, 1000)
+        _, _, many = load(port, sentences[:1000], 64, 1000)
+        out["invariance"] = {"sentences": 1000, "different": sum(one[i] != many[i] for i in range(1000))}
+        tic = time.perf_counter()
+        load(port, sentences, 64, args.memory_requests)
+        out["memory"] = {"requests": args.memory_requests, "concurrency": 64, "seconds": time.perf_counter() - tic,
+                         "server_peak_rss_mb": peak_rss_mb(proc.pid)}
+        print(json.dumps(out), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    proc, port = start_server(args.model, args.threads, precision, False, args.device)
+    try:
+        load(port, sentences[-50:], 4, 50)
+        out["c32_no_batching"], _ = measure(port, 32, min(args.requests, 256))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    c32, rate = out["c32"], out["offline"]["sentences_per_s"]
+    out["ratios"] = {"c32_vs_offline": c32["sentences_per_s"] / rate,
+                     "p99_limit_ms": 1000 * 1.5 * 32 / rate, "p99_ms": c32["p99_ms"],
+                     "c32_vs_no_batching": c32["sentences_per_s"] / out["c32_no_batching"]["sentences_per_s"],
+                     "mixed_vs_single": out["mixed_c32"]["sentences_per_s"] / c32["sentences_per_s"]}
+    print(json.dumps(out, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

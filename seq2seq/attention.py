@@ -28,15 +28,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropo
         causal: also forbid attending to later positions (decoder self-attention, §3.2.3), on top of `mask` when
             both are given; with Tq < Tk the queries are the last Tq positions.
         need_weights: return the attention weights (B, H, Tq, Tk); uses the explicit formula instead of the fused
-            kernel, which gives the same output (the explicit formula also serves bf16 on CPU, where it is faster).
+            kernel, which gives the same output (the explicit formula also serves bf16 and fp16 on CPU: see below).
     Returns:
         (output (B, H, Tq, d_k), weights or None)
     """
-    # On CPU the fused kernel's bf16 backward is ~6× slower than the explicit formula at sentence lengths
-    # (torch 2.13, B=116, H=4, T=17, d_k=64: 19.7 ms vs 3.3 ms forward + backward); in fp32 they are on par, and
-    # without a backward (decoding) the fused kernel is the faster one.
-    slow_backward = q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
-    fused = not need_weights and not slow_backward
+    # On CPU in bf16/fp16 the explicit formula serves both training and decoding. Training: the fused kernel's bf16
+    # backward is ~6× slower at sentence lengths (torch 2.13, B=116, H=4, T=17, d_k=64: 19.7 ms vs 3.3 ms forward
+    # + backward). Decoding: the explicit formula gives a row the same bits whatever padding its batch adds (the
+    # fused kernel does not: bench/invariance.py), which is what makes a translation independent of the load.
+    fused = not need_weights and (q.dtype == torch.float32 or q.device.type != "cpu")
     tq, tk = q.size(-2), k.size(-2)
     # The fused kernel's is_causal cannot be combined with attn_mask, and for Tq != Tk it aligns the queries with the
     # first keys instead of the last: it serves the plain square case; anywhere else causality joins the mask.

@@ -56,6 +56,14 @@ class Embedding(nn.Module):
             self.positions = sinusoidal_positions(2 * end, self.positions.size(1)).to(self.positions.device)
         return self.dropout(self.tokens(ids) * self.scale + self.positions[start:end].to(self.tokens.weight.dtype))
 
+    def at(self, ids: Tensor, positions: Tensor) -> Tensor:
+        """One token per row at its own position: ids (B,), positions (B,) long -> (B, 1, D)."""
+        if positions.numel() and int(positions.max()) >= self.positions.size(0):
+            self.positions = sinusoidal_positions(2 * int(positions.max()) + 2, self.positions.size(1)).to(
+                self.positions.device)
+        pe = self.positions.index_select(0, positions).to(self.tokens.weight.dtype)
+        return self.dropout(self.tokens(ids) * self.scale + pe)[:, None]
+
 
 class FeedForward(nn.Module):
     """FFN(x) = max(0, x·W1 + b1)·W2 + b2   (§3.3, eq. 2)"""
@@ -125,16 +133,25 @@ class DecoderLayer(nn.Module):
         y, _ = self.sub_ffn(y, lambda h: (self.ffn(h), None))
         return y, self_w, cross_w
 
-    def step(self, y: Tensor, cache: Tensor, t: int, memory_kv: tuple[Tensor, Tensor], src_mask: Tensor,
+    def step(self, y: Tensor, cache: Tensor, positions: Tensor, last: int, past: Tensor | None,
+             memory_kv: tuple[Tensor, Tensor], src_mask: Tensor,
              need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """One decoding step. y (B, 1, D) is position t; `cache` (2, B, H, T_cap, d_k) holds this layer's keys and
-        values of positions < t and receives position t's. Returns (B, 1, D) and cross weights (B, H, 1, S)."""
+        """One decoding step. y (B, 1, D): row b is at position positions[b] (B,) long, the last of them `last`;
+        `cache` (2, B, H, T_cap, d_k) holds this layer's keys and values of each row's earlier positions and
+        receives the new ones; past (B, last + 1) bool, True = a key of the row's own past, or None when every row
+        is at `last`. Returns (B, 1, D) and cross weights (B, H, 1, S)."""
 
         def self_attention(h: Tensor) -> tuple[Tensor, None]:
             q, k, v = self.self_attn.project_qkv(h)  # (B, H, 1, d_k) each
-            cache[0, :, :, t:t + 1] = k
-            cache[1, :, :, t:t + 1] = v
-            out, _ = attention(q, cache[0, :, :, :t + 1], cache[1, :, :, :t + 1])  # the past only: no mask needed
+            if past is None:
+                cache[0, :, :, last:last + 1] = k
+                cache[1, :, :, last:last + 1] = v
+            else:
+                rows = torch.arange(y.size(0), device=y.device)
+                cache[0, rows, :, positions] = k[:, :, 0]
+                cache[1, rows, :, positions] = v[:, :, 0]
+            mask = None if past is None else past[:, None, None, :]  # (B, 1, 1, last + 1)
+            out, _ = attention(q, cache[0, :, :, :last + 1], cache[1, :, :, :last + 1], mask)
             return self.self_attn.out_proj(self.self_attn.merge_heads(out)), None
 
         y, _ = self.sub_self(y, self_attention)

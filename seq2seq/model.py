@@ -3,7 +3,7 @@
 Id tensors in, logits / log-probabilities out: this file knows nothing of text, tokenizers, files or gRPC.
 Two ways in: `forward` (teacher forcing, for training) and the incremental interface used by decoding:
 `encode` once, `init_state`, then `decode_step` per output token; `Memory.reorder` / `DecoderState.reorder`
-make the caches follow the surviving beams.
+make the caches follow the surviving beams and take in the rows of sentences that join a running batch.
 
 Shape legend: B batch, S source length, T target length, D d_model, H heads, d_k = D / H, V vocabulary,
 L decoder layers, T_cap capacity of the key/value cache.
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
@@ -21,9 +22,9 @@ from .layers import DecoderLayer, Embedding, EncoderLayer
 
 @dataclass
 class Memory:
-    """What the decoder needs from the encoder, computed once per batch."""
+    """What the decoder needs from the encoder, computed once per sentence: rows of several sentences can share a
+    batch (a sentence that joins a running batch is padded to its longest source, or pads the others)."""
 
-    states: Tensor  # (B, S, D) encoder output
     src_pad_mask: Tensor  # (B, S) bool, True = padding
     cross_kv: list[tuple[Tensor, Tensor]]  # per decoder layer: keys, values (B, H, S, d_k), projected once
 
@@ -31,33 +32,73 @@ class Memory:
     def src_mask(self) -> Tensor:
         return ~self.src_pad_mask[:, None, None, :]  # (B, 1, 1, S), True = may attend
 
-    def reorder(self, idx: Tensor) -> "Memory":
-        """Select rows along the batch: idx (B',) long -> Memory with batch B' (e.g. to follow beams)."""
-        return Memory(self.states.index_select(0, idx), self.src_pad_mask.index_select(0, idx),
-                      [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.cross_kv])
+    def reorder(self, idx: Tensor, joined: "Memory | None" = None, width: int | None = None) -> "Memory":
+        """Rows idx (B',) long of this memory (e.g. to follow beams), then every row of `joined`, if given; the
+        shorter sources are padded with zeros (finite, and masked). width: the longest source of the kept rows,
+        if known: the padding beyond it (left by longer sentences that have gone) is dropped."""
+        s = self.src_pad_mask.size(1) if width is None else min(width, self.src_pad_mask.size(1))
+        mask = self.src_pad_mask[:, :s].index_select(0, idx)
+        kv = [(k[:, :, :s].index_select(0, idx), v[:, :, :s].index_select(0, idx)) for k, v in self.cross_kv]
+        if joined is None:
+            return Memory(mask, kv)
+        s = max(mask.size(1), joined.src_pad_mask.size(1))
+        pad_mask = lambda m: F.pad(m, (0, s - m.size(1)), value=True)  # noqa: E731
+        pad_kv = lambda x: F.pad(x, (0, 0, 0, s - x.size(2)))  # noqa: E731
+        return Memory(torch.cat([pad_mask(mask), pad_mask(joined.src_pad_mask)]),
+                      [(torch.cat([pad_kv(k), pad_kv(jk)]), torch.cat([pad_kv(v), pad_kv(jv)]))
+                       for (k, v), (jk, jv) in zip(kv, joined.cross_kv)])
 
 
 @dataclass
 class DecoderState:
-    """The decoder's self-attention key/value cache: an explicit object passed in and out of `decode_step`."""
+    """The decoder's self-attention key/value cache: an explicit object passed in and out of `decode_step`.
 
-    cache: Tensor  # (L, 2, B, H, T_cap, d_k); positions < step are filled
-    step: int = 0  # the position that the next decode_step writes
+    Every row has its own position (rows that joined later are at earlier positions): row b holds its keys and
+    values at positions < positions[b]. Positions < `filled` hold finite numbers in every row (written, or zeros):
+    a masked position weighs exactly 0, and 0 · NaN would still be NaN."""
+
+    cache: Tensor  # (L, 2, B, H, T_cap, d_k)
+    positions: Tensor  # (B,) long: the position each row writes next (the tokens it has read)
+    filled: int = 0
     need_attention: bool = False
     attention: list[Tensor] | None = None  # after a step, if need_attention: per layer, cross-attn (B, H, S)
     spare: Tensor | None = None  # a second buffer that reorder() writes into, so beams do not allocate every step
+    room: int | None = None  # the most positions any row may need (caps the capacity); None = no cap
 
-    def reorder(self, idx: Tensor) -> "DecoderState":
-        """Select rows along the batch (idx (B',) long). Only the filled positions are copied, into the spare
-        buffer; this state's buffers then belong to the new state, so do not use this state afterwards."""
-        t, shape = self.step, list(self.cache.shape)
-        shape[2] = idx.numel()
+    def reorder(self, idx: Tensor, joined: "DecoderState | None" = None) -> "DecoderState":
+        """Rows idx (B',) long, then the rows of `joined` (new rows, at position 0), if given. Only the positions
+        the kept rows use are copied, into the spare buffer; this state's buffers then belong to the new state, so
+        do not use this state afterwards."""
+        positions = self.positions.index_select(0, idx)
+        t = min(self.filled, int(positions.max()) if positions.numel() else 0)  # what the kept rows have written
+        b_old = idx.numel()
+        shape = list(self.cache.shape)
+        shape[2] = b_old + (0 if joined is None else joined.cache.size(2))
+        if self.room is not None and shape[4] > max(self.room, t, 1):  # longer sentences left: give the room back
+            shape[4] = max(self.room, t, 1)
         target = self.spare if self.spare is not None and list(self.spare.shape) == shape else self.cache.new_empty(shape)
         # straight into the target (no temporary): half the time of `target[...] = x.index_select(...)` here
-        torch.index_select(self.cache[..., :t, :], 2, idx, out=target[..., :t, :])
-        spare = self.cache if self.cache.size(2) == idx.numel() else None
-        attention = None if self.attention is None else [a.index_select(0, idx) for a in self.attention]
-        return DecoderState(target, t, self.need_attention, attention, spare)
+        torch.index_select(self.cache[..., :t, :], 2, idx, out=target[:, :, :b_old, :, :t, :])
+        if joined is not None:
+            target[:, :, b_old:, :, :t].zero_()
+            positions = torch.cat([positions, joined.positions])
+        spare = self.cache if list(self.cache.shape) == shape else None
+        attention = None if self.attention is None or joined is not None else [
+            a.index_select(0, idx) for a in self.attention]
+        return DecoderState(target, positions, t, self.need_attention, attention, spare, self.room)
+
+    def make_room(self, end: int) -> None:
+        """Capacity for positions < end (doubling, up to `room`), and finite numbers there in every row."""
+        if end > self.cache.size(4):
+            capacity = max(end, 2 * self.cache.size(4))
+            if self.room is not None:
+                capacity = max(end, min(capacity, self.room))
+            grown = self.cache.new_empty(*self.cache.shape[:4], capacity, self.cache.size(5))
+            grown[..., :self.filled, :] = self.cache[..., :self.filled, :]
+            self.cache, self.spare = grown, None
+        if end > self.filled:
+            self.cache[..., self.filled:end, :].zero_()
+            self.filled = end
 
 
 class Transformer(nn.Module):
@@ -120,7 +161,7 @@ class Transformer(nn.Module):
             self.encoder_attention = weights  # L × (B, H, S, S)
         x = self.encoder_norm(x)
         cross_kv = [layer.cross_attn.project_kv(x) for layer in self.decoder]  # L × 2 × (B, H, S, d_k)
-        return Memory(x, src_pad_mask, cross_kv)
+        return Memory(src_pad_mask, cross_kv)
 
     # ---- teacher forcing ------------------------------------------------------------------------------------------
 
@@ -154,30 +195,33 @@ class Transformer(nn.Module):
     # ---- incremental decoding -------------------------------------------------------------------------------------
 
     def init_state(self, memory: Memory, max_len: int = 64, need_attention: bool = False) -> DecoderState:
-        """An empty cache with room for min(max_len, 32) steps; it doubles when decoding goes further. Positions at
-        or after `step` are never read, so the buffer is left uninitialised (zeroing it cost 5% of decoding)."""
-        b = memory.states.size(0)
-        c = self.config
-        cache = memory.states.new_empty(c.n_dec_layers, 2, b, c.n_heads, max(1, min(max_len, 32)), c.d_k)
-        return DecoderState(cache, 0, need_attention)
+        """Empty caches for the rows of `memory`, at position 0, with room for min(max_len, 32) steps; the room
+        doubles when decoding goes further. Positions at or after `filled` are never read, so the buffer is left
+        uninitialised (zeroing it cost 5% of decoding)."""
+        b = memory.src_pad_mask.size(0)
+        c, kv = self.config, memory.cross_kv[0][0]
+        cache = kv.new_empty(c.n_dec_layers, 2, b, c.n_heads, max(1, min(max_len, 32)), c.d_k)
+        return DecoderState(cache, torch.zeros(b, dtype=torch.long, device=kv.device), 0, need_attention)
 
     def decode_step(self, prev_ids: Tensor, memory: Memory, state: DecoderState) -> Tensor:
-        """Advance one position: prev_ids (B,) long, the previous output token (bos at step 0).
+        """Advance every row by one position: prev_ids (B,) long, each row's previous output token (bos at its
+        position 0). Rows may be at different positions (state.positions); each attends to its own past only.
 
         Returns: log_probs (B, V) float32 for the next token; <pad> gets -inf (it is never an output).
-        Updates `state` in place (its cache, step and, if asked, attention).
+        Updates `state` in place (its cache, positions and, if asked, attention).
         """
-        t = state.step
-        if t >= state.cache.size(4):  # grow the cache: double its capacity
-            grown = state.cache.new_empty(*state.cache.shape[:4], 2 * state.cache.size(4), state.cache.size(5))
-            grown[..., :t, :] = state.cache
-            state.cache = grown
-        y = self.embed(prev_ids[:, None], start=t)  # (B, 1, D)
+        positions = state.positions  # (B,)
+        first, last = int(positions.min()), int(positions.max())
+        state.make_room(last + 1)
+        # Keys past a row's own position are masked; when every row is at the same position there are none.
+        past = None if first == last else (torch.arange(last + 1, device=positions.device) <= positions[:, None])
+        y = self.embed.at(prev_ids, positions)  # (B, 1, D)
         attn = []
         for i, layer in enumerate(self.decoder):
-            y, cross_w = layer.step(y, state.cache[i], t, memory.cross_kv[i], memory.src_mask, state.need_attention)
+            y, cross_w = layer.step(y, state.cache[i], positions, last, past, memory.cross_kv[i], memory.src_mask,
+                                    state.need_attention)
             attn.append(cross_w)
-        state.step = t + 1
+        state.positions = positions + 1
         state.attention = [w[:, :, 0] for w in attn] if state.need_attention else None  # L × (B, H, S)
         logits = self.project(self.decoder_norm(y[:, 0]))  # (B, V), <pad> at −inf
         return logits.float().log_softmax(dim=-1)

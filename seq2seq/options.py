@@ -83,6 +83,7 @@ def add_model_flags(parser: argparse.ArgumentParser, device: bool = True) -> Non
     parser.add_argument("--model", default=default_model(), help="checkpoint file (default: the shipped model)")
     if device:
         parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
-        parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                            help="auto = int8 on x86 CPUs, bf16 on CUDA (and on other CPUs with bf16 matrix "
-                                 "instructions), else fp32; fp16 needs CUDA, int8 runs on CPU (default fp32)")
+        parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                            help="auto = bf16 on CUDA and on CPUs with bf16 matrix instructions (translations "
+                                 "independent of the batch), else int8 on x86 CPUs, else fp32; fp16 needs CUDA, "
+                                 "int8 runs on CPU (default auto)")

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="seq2seq-translate", description=__doc__.split("\n")[0])
     add_model_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--chunk-lines", type=int, default=256, help="lines read and translated at a time")
+    p.add_argument("--chunk-lines", type=int, default=2048, help="lines read and translated at a time")
     add_decode_flags(p)
     args = p.parse_args(argv)
     try:

@@ -1,12 +1,15 @@
-"""The one text-level object: text in, text out (tokenize → batch by tokens → decode → detokenize).
+"""The one text-level object: text in, text out (split into sentences → tokenize → the decoding engine →
+detokenize, and attention maps when asked).
 
-Used by `seq2seq-translate`, `seq2seq-eval` and the server. It owns the device, the input limits, batching and a
-lock in front of the model; option validation lives in DecodeConfig and here, once.
+Used by `seq2seq-translate`, `seq2seq-eval`, back-translation and the server, which is its only user of `submit`
+and `start`. It owns the device, the precision, the input limits and the decoding engine (seq2seq.decoding.engine)
+with its one running batch; option validation lives in DecodeConfig, once.
 """
 from __future__ import annotations
 
+import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -15,32 +18,25 @@ import torch
 from .attention_maps import AttentionMaps, attention_maps
 from .checkpoint import load_model
 from .config import PRECISIONS, ConfigError, DecodeConfig
-from .decoding import Hypothesis, decode
+from .decoding import Cancelled, Engine, Hypothesis, Sentence, TooLarge
 from .model import Transformer
+from .sentences import Layout, join_sentences, split_sentences
 from .tokenizer import EOS_ID, Tokenizer
+
+__all__ = ["Translator", "Translation", "SentenceResult", "TextResult", "Job", "InputError", "Cancelled", "QueueFull",
+           "ShuttingDown", "TooLarge"]
 
 
 class InputError(ValueError):
     """A text cannot be translated as given (empty, too long); the message says which and the limit."""
 
 
-class Cancelled(Exception):
-    """Decoding stopped early because `should_stop` said so (a cancelled request or a passed deadline)."""
+class QueueFull(Exception):
+    """More requests are waiting than the Translator's max_queue allows."""
 
 
-class _Stoppable:
-    """A StepModel that asks `should_stop()` before every decoding step: how a request stops mid-search."""
-
-    def __init__(self, model: Transformer, should_stop: Callable[[], bool]):
-        self.model, self.should_stop = model, should_stop
-
-    def __getattr__(self, name: str):
-        return getattr(self.model, name)
-
-    def decode_step(self, prev_ids, memory, state):
-        if self.should_stop():
-            raise Cancelled("decoding stopped: the request was cancelled or its deadline passed")
-        return self.model.decode_step(prev_ids, memory, state)
+class ShuttingDown(Exception):
+    """The Translator stopped taking work (the server is draining)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +50,35 @@ class Translation:
     alternatives: tuple["Translation", ...] = ()  # the 2nd … n-th best, when n_best > 1
 
 
+@dataclass(frozen=True)
+class SentenceResult:
+    source: str  # the sentence as split from its text
+    translation: Translation  # the best hypothesis, the others in its alternatives
+    maps: tuple[AttentionMaps, ...] | None = None  # every attention map of each hypothesis, best first, if asked
+
+
+@dataclass(frozen=True)
+class TextResult:
+    text: str  # the sentences' translations joined back into the text's lines
+    sentences: tuple[SentenceResult, ...]
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's texts on their way through the engine. `results()` yields (text index, TextResult) as each
+    text's last sentence is done, so a stream can send them; it raises the first error a sentence met."""
+
+    texts: int
+    events: queue.Queue = field(default_factory=queue.Queue)
+
+    def results(self):
+        for _ in range(self.texts):
+            item = self.events.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
 def fast_bf16_cpu() -> bool:
     """True on CPUs with bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 products run 2-3× fp32's."""
     cpu = torch.cpu
@@ -61,18 +86,21 @@ def fast_bf16_cpu() -> bool:
 
 
 def auto_precision(device: torch.device) -> str:
-    """What `--precision auto` picks: the fastest precision at equal quality on this device (docs/benchmarks.md).
+    """What `--precision auto` picks: the fastest precision whose translations do not depend on the load.
 
-    CUDA: bf16 where supported, else fp32. x86 CPU (fbgemm): int8, measured the fastest of the three at the same
-    BLEU, faster than bf16 even on a CPU with bf16 matrix instructions (test_2016_flickr, beam 4: BLEU 48.67 int8,
-    48.72 bf16, 48.68 fp32). Other CPUs (ARM: qnnpack, not measured here): bf16 where bf16 products are fast,
-    else fp32.
+    CUDA: bf16 where supported, else fp32. CPU with bf16 matrix instructions (AVX512-BF16 / AMX): bf16, whose rows
+    come out bit-identical in any batch (bench/invariance.py), so a text gets the same translation alone or among
+    others; int8 is ~1.1× faster there but its activation scale is taken over the whole batch, so other requests
+    can change a translation (docs/benchmarks.md). Other x86 CPUs: int8 (fbgemm), the fastest at the same BLEU where
+    bf16 is slow, with that caveat. Other CPUs (ARM: qnnpack, not measured here): fp32.
     """
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if fast_bf16_cpu():
+        return "bf16"
     if int8_engine() == "fbgemm":
         return "int8"
-    return "bf16" if fast_bf16_cpu() else "fp32"
+    return "fp32"
 
 
 def int8_engine() -> str | None:
@@ -128,12 +156,18 @@ class Translator:
         model, tokenizer: a trained pair (see `from_checkpoint`).
         device: auto | cpu | cuda[:n].
         precision: auto | fp32 | bf16 | fp16 | int8; fp16 on CUDA only, int8 on CPU only; auto: `auto_precision`.
-            `self.precision` is the one chosen.
-        max_input_tokens: longer texts are rejected. max_batch_tokens: source tokens per decoding batch.
+            `self.precision` is the one chosen. The default is fp32 (exact); the commands default to auto.
+        max_input_tokens: longer sentences are rejected.
+        max_batch_rows: decoder rows (beams, samples) in the running batch at most.
+        max_cache_mb: the budget of the batch's key/value caches (both buffers): sentences wait for room, and one
+            that could exceed it alone is rejected (TooLarge).
+        share: False turns cross-request batching off (one request's sentences at a time, for comparison).
+        max_queue: requests waiting to join the batch (`submit`) at most; more get QueueFull.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, device: str = "auto", precision: str = "fp32",
-                 max_input_tokens: int = 512, max_batch_tokens: int = 4096):
+                 max_input_tokens: int = 512, max_batch_rows: int = 128, max_cache_mb: float = 256,
+                 share: bool = True, max_queue: int = 1 << 30):
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
@@ -144,33 +178,164 @@ class Translator:
         if precision == "int8" and self.device.type != "cpu":
             raise ConfigError("precision int8 runs on CPU only; use bf16 or fp16 on CUDA")
         self.num_parameters = model.num_parameters()  # before int8 turns weights into packed buffers
+        config = model.config
         if precision == "int8":
-            self.model = quantize_int8(model)
+            model = quantize_int8(model)
         else:
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-            self.model = model.to(self.device, dtype).eval()
-        self.tokenizer, self.precision = tokenizer, precision
-        self.max_input_tokens, self.max_batch_tokens = max_input_tokens, max_batch_tokens
-        self.lock = threading.Lock()
+            model = model.to(self.device, dtype).eval()
+        self.tokenizer, self.precision, self.max_input_tokens = tokenizer, precision, max_input_tokens
+        # One cache position of one row: a key and a value per decoder layer, in the activations' dtype (fp32 for
+        # int8); two buffers (the beams' reorder writes into the spare one).
+        value_bytes = 2 if precision in ("bf16", "fp16") else 4
+        position_bytes = 2 * 2 * config.n_dec_layers * config.d_model * value_bytes
+        self.engine = Engine(model, self.device, max_batch_rows, int(max_cache_mb * 2 ** 20 / position_bytes),
+                             share)
+        self.position_bytes = position_bytes
+        self.max_queue, self.closed, self.users = max_queue, False, 0
+        self.observer: Callable[[int, int, int, int], None] | None = None
+        self.cond = threading.Condition()  # guards the fields above; the worker waits on it
+        self.stepping = threading.Lock()  # one thread steps the engine at a time
+        self.worker: threading.Thread | None = None
+
+    @property
+    def model(self):
+        """The model the engine decodes with (in the chosen precision)."""
+        return self.engine.model
+
+    @model.setter
+    def model(self, model) -> None:  # tests wrap it (e.g. to slow each step down)
+        self.engine.model = model
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Translator":
         model, tokenizer = load_model(path)
         return cls(model, tokenizer, **kwargs)
 
-    # ---- the pipeline: encode → batch → decode → detokenize ------------------------------------------------------
+    def configure(self, max_batch_rows: int | None = None, max_cache_mb: float | None = None,
+                  share: bool | None = None, max_queue: int | None = None,
+                  observer: Callable[[int, int, int, int], None] | None = None) -> "Translator":
+        """Change the limits of the constructor (None = keep); observer(rows, requests, delivered, waiting) is
+        called after every step of the worker (the server's metrics)."""
+        if max_batch_rows is not None:
+            self.engine.max_rows = max_batch_rows
+        if max_cache_mb is not None:
+            self.engine.max_positions = int(max_cache_mb * 2 ** 20 / self.position_bytes)
+        if share is not None:
+            self.engine.share = share
+        if max_queue is not None:
+            self.max_queue = max_queue
+        self.observer = observer or self.observer
+        return self
+
+    # ---- offline: texts in, translations out, in this thread -------------------------------------------------------
 
     def translate(self, texts: list[str], config: DecodeConfig = DecodeConfig(),
                   return_attention: bool = False) -> list[Translation]:
-        """return_attention: fill Translation.attention with each output piece's cross-attention (the average over
+        """One translation per text, each text one sentence (no splitting).
+
+        return_attention: fill Translation.attention with each output piece's cross-attention (the average over
         the last layer's heads, as decoding saw it)."""
         src = self.encode(texts)
-        results: list[list[Hypothesis] | None] = [None] * len(src)
-        for idx in self.batches(src):
-            for i, hyps in zip(idx, self.decode_batch([src[i] for i in idx], config,
-                                                      return_attention=return_attention)):
-                results[i] = hyps
-        return [self.detokenize(src[i], hyps) for i, hyps in enumerate(results)]
+        results: list = [None] * len(src)
+
+        def deliver(i: int, hyps):
+            results[i] = hyps if isinstance(hyps, BaseException) else self.detokenize(src[i], hyps)
+
+        order = sorted(range(len(src)), key=lambda i: len(src[i]))  # neighbours of similar length share steps
+        self.engine.submit([Sentence(src[i], config, lambda h, i=i: deliver(i, h), return_attention) for i in order])
+        self._drive(lambda: all(r is not None for r in results))
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
+
+    def _drive(self, finished: Callable[[], bool]) -> None:
+        """Wait until `finished()`: the worker steps the engine if there is one, else this thread does."""
+        while not finished():
+            if self.worker is not None:
+                with self.cond:
+                    self.cond.notify_all()
+                    self.cond.wait(0.01)
+                continue
+            with self.stepping:
+                self.engine.step()
+
+    # ---- the server: requests submitted from many threads, one worker stepping the engine ---------------------------
+
+    def start(self) -> "Translator":
+        """Start the worker thread that steps the engine whenever there is work (the server's mode). Several
+        servers may share one Translator: each calls start() and stop(), and the last stop() ends the worker."""
+        with self.cond:
+            self.users += 1
+            if self.worker is not None:
+                return self
+            self.closed = False
+            self.worker = threading.Thread(target=self._work, name="engine", daemon=True)
+        self.worker.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Take no more requests; the worker finishes those in flight, then ends."""
+        with self.cond:
+            self.users -= 1
+            if self.users > 0 or self.worker is None:
+                return
+            self.closed = True
+            self.cond.notify_all()
+            worker = self.worker
+        worker.join(timeout)
+        self.worker = None
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while not self.engine.busy() and not self.closed:
+                    self.cond.wait()
+                if self.closed and not self.engine.busy():
+                    return
+            with self.stepping:
+                delivered = self.engine.step()  # never raises: a failed step fails its sentences (engine.step)
+            if self.observer is not None:
+                e = self.engine
+                self.observer(e.n_rows, e.n_owners, delivered, len(e.waiting))
+
+    def submit(self, texts: list[str], config: DecodeConfig, split: bool = True, attention_maps: bool = False,
+               should_stop: Callable[[], bool] | None = None, return_attention: bool = False) -> Job:
+        """Queue a request: each text split into sentences (`split`: by the Moses splitter, else by line), every
+        sentence decoded in the running batch. Raises InputError (empty text, too long a sentence), TooLarge,
+        QueueFull or ShuttingDown before anything is queued.
+
+        attention_maps: every attention map of every hypothesis (SentenceResult.maps), computed in the worker once
+            the sentence is decoded. should_stop: asked at every step; True drops the request's sentences.
+        """
+        parts, layouts, owner = [], [], []  # all sentences; per text its layout; per sentence its text
+        for n, text in enumerate(texts):
+            if not text.strip():
+                raise InputError(f"text {n} is empty; give at least one non-space character")
+            text_parts, layout = split_sentences(text, split)
+            parts += text_parts
+            layouts.append(layout)
+            owner += [n] * len(text_parts)
+        src = [self._encode_one(parts[k], owner[k], split) for k in range(len(parts))]
+        job = Job(len(texts))
+        collect = _Collector(self, job, parts, src, layouts, owner, attention_maps, should_stop)
+        shortest_first = sorted(range(len(parts)), key=lambda k: len(src[k]))  # the first texts come back sooner
+        sentences = [Sentence(src[k], config, collect.deliver(k), return_attention, should_stop=should_stop,
+                              owner=job) for k in shortest_first]
+        with self.cond:
+            if self.closed:
+                raise ShuttingDown("the server is shutting down")
+            with self.engine.lock:
+                queued = len({id(s.owner) for s in self.engine.waiting})
+            if queued >= self.max_queue:
+                raise QueueFull(f"{queued} requests are waiting to be decoded, the limit is {self.max_queue}; "
+                                "retry later")
+            self.engine.submit(sentences)  # TooLarge: nothing queued
+            self.cond.notify_all()
+        return job
+
+    # ---- text <-> ids -----------------------------------------------------------------------------------------------
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Texts -> source ids with </s>; rejects empty and over-long texts."""
@@ -178,37 +343,16 @@ class Translator:
         for n, text in enumerate(texts):
             if not text.strip():
                 raise InputError(f"text {n} is empty; give at least one non-space character")
-            ids = self.tokenizer.encode(text) + [EOS_ID]
-            if len(ids) > self.max_input_tokens:
-                raise InputError(f"text {n} has {len(ids)} tokens; the limit is {self.max_input_tokens}")
-            out.append(ids)
+            out.append(self._encode_one(text, n, False))
         return out
 
-    def batches(self, src: list[list[int]]) -> list[list[int]]:
-        """Indices grouped by similar length, at most max_batch_tokens padded source tokens per group."""
-        order = sorted(range(len(src)), key=lambda i: len(src[i]))
-        groups, current, longest = [], [], 0
-        for i in order:
-            longest_new = max(longest, len(src[i]))
-            if current and longest_new * (len(current) + 1) > self.max_batch_tokens:
-                groups.append(current)
-                current, longest_new = [], len(src[i])
-            current.append(i)
-            longest = longest_new
-        return groups + ([current] if current else [])
-
-    def decode_batch(self, src: list[list[int]], config: DecodeConfig, should_stop: Callable[[], bool] | None = None,
-                     return_attention: bool = False) -> list[list[Hypothesis]]:
-        """Source ids (with </s>) -> n-best hypotheses each. `should_stop` is asked before every step; True raises
-        Cancelled."""
-        pad = self.tokenizer.pad_id
-        src_ids = torch.full((len(src), max(map(len, src))), pad, dtype=torch.long)
-        for i, ids in enumerate(src):
-            src_ids[i, :len(ids)] = torch.tensor(ids)
-        src_ids = src_ids.to(self.device)
-        model = self.model if should_stop is None else _Stoppable(self.model, should_stop)
-        with self.lock, torch.inference_mode():
-            return decode(model, src_ids, src_ids.eq(pad), config, return_attention=return_attention)
+    def _encode_one(self, text: str, n: int, split: bool) -> list[int]:
+        ids = self.tokenizer.encode(text) + [EOS_ID]
+        if len(ids) > self.max_input_tokens:
+            what = f"has a sentence of {len(ids)} tokens ({text[:40]!r}...)" if split else f"has {len(ids)} tokens"
+            raise InputError(f"text {n} {what}; the limit is {self.max_input_tokens}"
+                             + (" per sentence" if split else ""))
+        return ids
 
     def detokenize(self, src: list[int], hyps: list[Hypothesis]) -> Translation:
         source_tokens = tuple(self.tokenizer.pieces(src))
@@ -224,8 +368,47 @@ class Translator:
 
     def attention_maps(self, translation: Translation) -> AttentionMaps:
         """Every attention map of one translation (its best hypothesis; pass an alternative for another one),
-        recomputed by one teacher-forced pass over its source and output pieces."""
+        recomputed by one teacher-forced pass over its source and output pieces. Called in the engine's thread
+        for requests (see `submit`); directly, it must not run while another thread steps the engine."""
         src_ids = self.tokenizer.piece_ids(translation.source_tokens)
         out_ids = self.tokenizer.piece_ids(translation.tokens)
-        with self.lock:
-            return attention_maps(self.model, src_ids, out_ids, translation.source_tokens, translation.tokens)
+        return attention_maps(self.model, src_ids, out_ids, translation.source_tokens, translation.tokens)
+
+
+class _Collector:
+    """Gathers one Job's sentences as the engine delivers them (in the engine's thread) and hands each text to the
+    job once its last sentence is in."""
+
+    def __init__(self, translator: Translator, job: Job, parts: list[str], src: list[list[int]],
+                 layouts: list[Layout], owner: list[int], maps: bool, should_stop):
+        self.translator, self.job, self.parts, self.src, self.layouts = translator, job, parts, src, layouts
+        self.owner, self.maps, self.should_stop = owner, maps, should_stop
+        self.pending = [sum(layout.lines) for layout in layouts]  # sentences still to come, per text
+        self.found: dict[int, SentenceResult] = {}
+        self.failed = False
+
+    def deliver(self, k: int) -> Callable:
+        return lambda hyps: self._deliver(k, hyps)
+
+    def _deliver(self, k: int, hyps) -> None:
+        try:
+            if self.failed:
+                return
+            if isinstance(hyps, BaseException):
+                raise hyps
+            if self.should_stop is not None and self.should_stop():
+                raise Cancelled("the request was cancelled or its deadline passed")
+            t = self.translator.detokenize(self.src[k], hyps)
+            maps = None
+            if self.maps:
+                maps = tuple(self.translator.attention_maps(h) for h in (t, *t.alternatives))
+            self.found[k] = SentenceResult(self.parts[k], t, maps)
+            n = self.owner[k]
+            self.pending[n] -= 1
+            if self.pending[n] == 0:
+                mine = tuple(self.found[j] for j in range(len(self.parts)) if self.owner[j] == n)
+                text = join_sentences([s.translation.text for s in mine], self.layouts[n])
+                self.job.events.put((n, TextResult(text, mine)))
+        except Exception as e:  # the job's first error ends it; its other sentences are dropped
+            self.failed = True
+            self.job.events.put(e)

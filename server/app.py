@@ -2,7 +2,7 @@
 
 Life cycle: bind the port and answer health NOT_SERVING at once; load the model, translate one sentence to warm
 it up, then SERVING. `stop(grace)`: NOT_SERVING, refuse new RPCs, let in-flight ones finish within `grace`
-seconds (grpc.Server.stop), then end the batcher.
+seconds (grpc.Server.stop), then end the Translator's engine worker.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from seq2seq_api.translation.v1 import translator_pb2_grpc as pb_grpc
 from seq2seq.checkpoint import default_model
 from seq2seq.translator import Translator
 
-from .batcher import Batcher
 from .config import ServerConfig
 from .metrics import Metrics
 from .servicer import State, TranslatorServicer
@@ -82,13 +81,12 @@ class Server:
                 raise FileNotFoundError("no model is shipped with this installation: pass --model PATH (a checkpoint "
                                         ".pt or a model directory) or set SEQ2SEQ_MODEL")
             translator = self._translator or Translator.from_checkpoint(
-                path, device=c.device, precision=c.precision,
-                max_input_tokens=c.max_tokens, max_batch_tokens=c.max_batch_tokens)
+                path, device=c.device, precision=c.precision, max_input_tokens=c.max_tokens)
+            translator.configure(max_batch_rows=c.max_batch_rows, max_cache_mb=c.max_cache_mb, share=c.batching,
+                                 max_queue=c.max_queue, observer=self.metrics.observe_step)
             translator.translate(["Bonjour."])  # warm-up: the first decode allocates and picks kernels
             self.state.info = model_info(translator, path, c)
-            self.state.batcher = Batcher(translator, c.batch_window_ms / 1000, c.max_batch_tokens, c.max_queue,
-                                         self.metrics).start()
-            self.state.translator = translator
+            self.state.translator = translator.start()
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("serving", extra={"model": str(path), "device": str(translator.device),
                                        "precision": translator.precision})
@@ -107,8 +105,8 @@ class Server:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.health.enter_graceful_shutdown()
         self.grpc.stop(self.config.grace_s if grace is None else grace).wait()
-        if self.state.batcher is not None:
-            self.state.batcher.stop(timeout=5)
+        if self.state.translator is not None:
+            self.state.translator.stop(timeout=5)
         self.metrics.close()
         log.info("stopped")
 

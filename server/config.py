@@ -1,5 +1,5 @@
 """ServerConfig: every `seq2seq-serve` flag, each also readable from an environment variable SEQ2SEQ_<FLAG>
-(`--batch-window-ms` ↔ SEQ2SEQ_BATCH_WINDOW_MS); a flag given on the command line wins over the environment."""
+(`--max-batch-rows` ↔ SEQ2SEQ_MAX_BATCH_ROWS); a flag given on the command line wins over the environment."""
 from __future__ import annotations
 
 import argparse
@@ -20,12 +20,15 @@ class ServerConfig:
     port: int = opt(50051, "gRPC port; 0 = any free port")
     model: str = opt("", "checkpoint file or model directory; \"\" = the shipped default model under models/")
     device: str = opt("auto", "auto | cpu | cuda[:n]; auto = CUDA when available")
-    precision: str = opt("auto", "auto | fp32 | bf16 | fp16 | int8; auto = int8 on x86 CPUs (the fastest there "
-                                 "at the same BLEU), bf16 on CUDA and on other CPUs with bf16 products, else fp32")
+    precision: str = opt("auto", "auto | fp32 | bf16 | fp16 | int8; auto = bf16 on CUDA and on CPUs with bf16 "
+                                 "matrix instructions (translations independent of the load), else int8 on x86, "
+                                 "else fp32")
     threads: int = opt(0, "torch CPU threads; 0 = torch's default")
-    batch_window_ms: float = opt(5.0, "how long the first queued request waits for others to share its batch; 0 = no")
-    max_batch_tokens: int = opt(4096, "padded source tokens per decoding batch")
-    max_queue: int = opt(64, "requests waiting to be decoded (< --workers); more get RESOURCE_EXHAUSTED")
+    batching: bool = opt(True, "cross-request batching: requests join the running decoding batch at every step; "
+                               "false = one request at a time (for comparison)")
+    max_batch_rows: int = opt(128, "decoder rows (beams, samples) in the running batch")
+    max_cache_mb: float = opt(256.0, "key/value cache budget of the running batch; sentences wait for room")
+    max_queue: int = opt(64, "requests waiting to join the batch (< --workers); more get RESOURCE_EXHAUSTED")
     workers: int = opt(128, "gRPC handler threads: each request in progress holds one")
     max_texts: int = opt(64, "texts per request")
     max_chars: int = opt(5000, "characters per text")
@@ -42,8 +45,8 @@ class ServerConfig:
     log_format: str = opt("json", "json (one object per line) | text")
 
     def __post_init__(self) -> None:
-        if self.batch_window_ms < 0 or self.max_batch_tokens < 1 or self.max_queue < 1:
-            raise ValueError("batch_window_ms must be >= 0; max_batch_tokens and max_queue >= 1")
+        if self.max_batch_rows < 1 or self.max_cache_mb <= 0 or self.max_queue < 1:
+            raise ValueError("max_batch_rows and max_queue must be >= 1, max_cache_mb > 0")
         if self.workers <= self.max_queue:  # a queued request holds a handler thread: keep some for the rest
             raise ValueError(f"workers ({self.workers}) must be > max_queue ({self.max_queue})")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -6,7 +6,7 @@ import dataclasses
 
 from seq2seq_api.translation.v1 import translator_pb2 as pb
 from seq2seq.config import ConfigError, DecodeConfig
-from seq2seq.translator import Translation
+from seq2seq.translator import TextResult, Translation
 
 from .config import ServerConfig
 
@@ -44,3 +44,14 @@ def hypothesis(t: Translation, return_scores: bool, attention: pb.Attention | No
         h.attention.CopyFrom(attention)
     return h
 
+
+
+def text_result(result: TextResult, return_scores: bool) -> pb.TextResult:
+    """A text's translation, with every sentence's hypotheses (and their attention maps, if they were computed)."""
+    sentences = []
+    for s in result.sentences:
+        maps = s.maps or (None,) * (1 + len(s.translation.alternatives))
+        sentences.append(pb.SentenceResult(source=s.source, hypotheses=[
+            hypothesis(t, return_scores, None if m is None else pb.Attention(**m.to_dict()))
+            for t, m in zip((s.translation, *s.translation.alternatives), maps)]))
+    return pb.TextResult(text=result.text, sentences=sentences)

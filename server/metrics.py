@@ -18,19 +18,22 @@ class Metrics:
                               ["code"], registry=r)
         self.latency = Histogram("seq2seq_request_seconds", "RPC latency, by method", ["method"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.batches = Counter("seq2seq_decode_batches", "decoding batches run", registry=r)
-        self.batch_sentences = Histogram("seq2seq_batch_sentences", "sentences per decoding batch",
-                                         buckets=SIZE_BUCKETS, registry=r)
-        self.batch_requests = Histogram("seq2seq_batch_requests", "requests sharing a decoding batch",
+        self.steps = Counter("seq2seq_decode_steps", "decoding steps run (one model step for the whole batch)",
+                             registry=r)
+        self.batch_rows = Histogram("seq2seq_batch_rows", "decoder rows (beams, samples) per decoding step",
+                                    buckets=SIZE_BUCKETS, registry=r)
+        self.batch_requests = Histogram("seq2seq_batch_requests", "requests sharing a decoding step",
                                         buckets=SIZE_BUCKETS, registry=r)
-        self.sentences = Counter("seq2seq_sentences", "sentences translated", registry=r)
-        self.queue_depth = Gauge("seq2seq_queue_depth", "requests waiting to be decoded", registry=r)
+        self.sentences = Counter("seq2seq_sentences", "sentences translated (or stopped)", registry=r)
+        self.queue_depth = Gauge("seq2seq_queue_depth", "sentences waiting to join the decoding batch", registry=r)
 
-    def observe_batch(self, sentences: int, requests: int) -> None:
-        self.batches.inc()
-        self.batch_sentences.observe(sentences)
+    def observe_step(self, rows: int, requests: int, delivered: int, waiting: int) -> None:
+        """After each engine step (called by the Translator's worker)."""
+        self.steps.inc()
+        self.batch_rows.observe(rows)
         self.batch_requests.observe(requests)
-        self.sentences.inc(sentences)
+        self.sentences.inc(delivered)
+        self.queue_depth.set(waiting)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's current value, e.g. value("seq2seq_decode_batches_total"); 0 if absent."""

@@ -1,4 +1,5 @@
-"""TranslatorServicer: each RPC converts the request, hands its sentences to the batcher, converts the results.
+"""TranslatorServicer: each RPC converts the request, submits it to the Translator (which splits, encodes and decodes
+it in the running batch of its engine), and converts the results as each text completes.
 
 Every error leaves through `errors.status_of`, so a request can fail but never take the server down.
 """
@@ -13,11 +14,9 @@ import grpc
 
 from seq2seq_api.translation.v1 import translator_pb2 as pb
 from seq2seq_api.translation.v1 import translator_pb2_grpc as pb_grpc
-from seq2seq.tokenizer import EOS_ID
-from seq2seq.translator import Cancelled, InputError, Translator
+from seq2seq.translator import Cancelled, Translator
 
-from . import convert, sentences
-from .batcher import Batcher, Job
+from . import convert
 from .config import ServerConfig
 from .errors import Unavailable, status_of
 from .metrics import Metrics
@@ -31,13 +30,12 @@ class State:
     def __init__(self, config: ServerConfig, metrics: Metrics):
         self.config, self.metrics = config, metrics
         self.translator: Translator | None = None
-        self.batcher: Batcher | None = None
         self.info = pb.ModelInfo()
 
-    def ready(self) -> tuple[Translator, Batcher]:
-        if self.translator is None or self.batcher is None:
+    def ready(self) -> Translator:
+        if self.translator is None:
             raise Unavailable("the model is still loading; retry when grpc.health.v1 says SERVING")
-        return self.translator, self.batcher
+        return self.translator
 
 
 class TranslatorServicer(pb_grpc.TranslatorServicer):
@@ -59,49 +57,17 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
             self.state.ready()
             return self.state.info
 
-    # ---- one request: texts -> sentences -> a batcher job -> results per text, as each completes ----------------
+    # ---- one request: convert -> submit -> convert, each text as it completes -----------------------------------
 
     def _translate(self, request: pb.TranslateRequest, context):
-        translator, batcher = self.state.ready()
-        limits = self.state.config
-        convert.check_texts(request.texts, limits)
-        config = convert.decode_config(request.options, limits)
+        translator = self.state.ready()
+        convert.check_texts(request.texts, self.state.config)
+        config = convert.decode_config(request.options, self.state.config)
         split = request.split_sentences if request.HasField("split_sentences") else True
-        parts, layouts, owner = [], [], []  # all sentences; per text its layout; per sentence its text
-        for n, text in enumerate(request.texts):
-            text_parts, layout = sentences.split(text, split)
-            parts += text_parts
-            layouts.append(layout)
-            owner += [n] * len(text_parts)
-        src = [self._encode(translator, parts[k], owner[k]) for k in range(len(parts))]
-        job = batcher.submit(Job(src, config, is_active=lambda: _active(context)))
-        pending = [sum(layout.lines) for layout in layouts]  # sentences still to come, per text
-        found: dict[int, pb.SentenceResult] = {}
-        for k, hyps in job.results():
-            t = translator.detokenize(src[k], hyps)
-            found[k] = pb.SentenceResult(source=parts[k], hypotheses=[
-                convert.hypothesis(h, request.return_scores, self._attention(translator, h, request))
-                for h in (t, *t.alternatives)])
-            n = owner[k]
-            pending[n] -= 1
-            if pending[n] == 0:
-                mine = [found[j] for j in range(len(parts)) if owner[j] == n]
-                text = sentences.join([s.hypotheses[0].text for s in mine], layouts[n])
-                yield n, pb.TextResult(text=text, sentences=mine)
-
-    @staticmethod
-    def _encode(translator: Translator, sentence: str, n: int) -> list[int]:
-        ids = translator.tokenizer.encode(sentence) + [EOS_ID]
-        if len(ids) > translator.max_input_tokens:
-            raise InputError(f"text {n} has a sentence of {len(ids)} tokens ({sentence[:40]!r}...); the limit is "
-                             f"{translator.max_input_tokens} per sentence")
-        return ids
-
-    @staticmethod
-    def _attention(translator: Translator, t, request: pb.TranslateRequest) -> pb.Attention | None:
-        if not request.return_attention:
-            return None
-        return pb.Attention(**translator.attention_maps(t).to_dict())  # every layer and head, words, alignment
+        job = translator.submit(list(request.texts), config, split, attention_maps=request.return_attention,
+                                should_stop=lambda: not _active(context))
+        for n, result in job.results():
+            yield n, convert.text_result(result, request.return_scores)
 
     @contextmanager
     def _rpc(self, method: str, context):

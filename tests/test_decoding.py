@@ -29,23 +29,29 @@ L = math.log
 class FakeMemory:
     sentences: torch.Tensor  # (B,) which table each row reads
 
-    def reorder(self, idx: torch.Tensor) -> "FakeMemory":
-        return FakeMemory(self.sentences[idx])
+    def reorder(self, idx: torch.Tensor, joined: "FakeMemory | None" = None, width=None) -> "FakeMemory":
+        rows = self.sentences[idx]
+        return FakeMemory(rows if joined is None else torch.cat([rows, joined.sentences]))
 
 
 @dataclass
 class FakeState:
     prefixes: list[tuple[int, ...]]
+    positions: torch.Tensor  # (B,) tokens read so far, per row
     need_attention: bool
-    step: int = 0
     attention: list[torch.Tensor] | None = None
+    room: int | None = None
 
-    def reorder(self, idx: torch.Tensor) -> "FakeState":
-        return FakeState([self.prefixes[i] for i in idx.tolist()], self.need_attention, self.step, self.attention)
+    def reorder(self, idx: torch.Tensor, joined: "FakeState | None" = None) -> "FakeState":
+        prefixes, positions = [self.prefixes[i] for i in idx.tolist()], self.positions[idx]
+        if joined is not None:
+            prefixes, positions = prefixes + joined.prefixes, torch.cat([positions, joined.positions])
+        return FakeState(prefixes, positions, self.need_attention, None, self.room)
 
 
 class ScriptedModel:
-    """A StepModel whose distributions are the tables above; records the rows it computes at each step."""
+    """A StepModel whose distributions are the tables above (the source's first token picks the table, counting
+    from 1); records the rows it computes at each step."""
 
     eos_id = EOS
 
@@ -55,22 +61,24 @@ class ScriptedModel:
         self.pad_id = self.bos_id = self.vocab_size - 1
 
     def encode(self, src_ids, src_pad_mask):
-        return FakeMemory(torch.arange(src_ids.size(0)))
+        return FakeMemory(src_ids[:, 0] - 1)
 
     def init_state(self, memory, max_len, need_attention=False):
-        return FakeState([()] * len(memory.sentences), need_attention)
+        n = len(memory.sentences)
+        return FakeState([()] * n, torch.zeros(n, dtype=torch.long), need_attention)
 
     def decode_step(self, prev_ids, memory, state):
         self.rows_per_step.append(len(prev_ids))
-        if state.step > 0:
-            state.prefixes = [p + (t,) for p, t in zip(state.prefixes, prev_ids.tolist())]
-        state.step += 1
+        state.prefixes = [p + (t,) if position > 0 else p
+                          for p, t, position in zip(state.prefixes, prev_ids.tolist(), state.positions.tolist())]
+        state.positions = state.positions + 1
         tables = [self.tables[s] for s in memory.sentences.tolist()]
         return torch.tensor([t.get(p, t["default"]) for t, p in zip(tables, state.prefixes)]).log()
 
 
 def run(model, config: DecodeConfig, n_sentences: int = 1, src_len: int = 3, **kwargs) -> list[list[Hypothesis]]:
     src = torch.ones(n_sentences, src_len, dtype=torch.long)
+    src[:, 0] = torch.arange(1, n_sentences + 1)  # sentence i reads table i
     return decode(model, src, torch.zeros_like(src, dtype=torch.bool), config, **kwargs)
 
 

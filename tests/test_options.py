@@ -18,7 +18,6 @@ import math
 import re
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -128,14 +127,15 @@ def test_proto_conversion_round_trips_every_field():
 # ---- errors that tell the truth -------------------------------------------------------------------------------------
 
 class Faulty(Translator):
-    """A Translator whose decoding fails the way a bug in torch or in our code would, for chosen texts."""
+    """A Translator whose work on a decoded sentence fails the way a bug in torch or in our code would, for chosen
+    texts (in the engine's thread, as every failure of a request's decoding does)."""
 
-    def decode_batch(self, src, config, should_stop=None, return_attention=False):
-        if any(self.tokenizer.encode("ka")[0] in ids for ids in src):
+    def detokenize(self, src, hyps):
+        if self.tokenizer.encode("ka")[0] in src:
             raise ValueError("shape mismatch in some_internal_function at /secret/path.py")
-        if any(self.tokenizer.encode("da")[0] in ids for ids in src):
+        if self.tokenizer.encode("da")[0] in src:
             raise InputError("this sentence is over a limit")
-        return super().decode_batch(src, config, should_stop, return_attention)
+        return super().detokenize(src, hyps)
 
 
 def test_only_input_errors_are_invalid_argument_and_a_bug_is_internal_and_logged(copy_model, caplog):

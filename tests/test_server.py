@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -29,13 +28,14 @@ from seq2seq_client import TranslatorClient
 from seq2seq_api.translation.v1 import translator_pb2 as pb
 from seq2seq.config import ConfigError, DecodeConfig
 from seq2seq.translator import Translator
-from server import convert, sentences
+from seq2seq.sentences import split_sentences
+from server import convert
 from server.app import Server
 from server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["ba ce di fo ga", "ka", "co fi gu ke ba bo de", "da bu", "me ni po ra", "sa te lu", "fa ge hi ko mu na"]
-CONFIG = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, batch_window_ms=20, max_tokens=40, max_texts=8,
+CONFIG = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, max_tokens=40, max_texts=8,
                       max_chars=200, max_beam_size=8, max_queue=100, grace_s=5)
 
 
@@ -104,24 +104,32 @@ def test_sentences_are_split_and_joined_back_with_newlines(client, translator):
     assert len(whole.sentences) == 2  # no sentence splitting, but lines stay lines
 
 
+def requests_per_step(server) -> tuple[float, float]:
+    """(steps, steps that decoded one request only) so far."""
+    m = server.metrics
+    return m.value("seq2seq_batch_requests_count"), m.value("seq2seq_batch_requests_bucket", {"le": "1.0"})
+
+
 def test_200_concurrent_requests_succeed_equal_offline_and_share_batches(server, translator):
     texts = [" ".join(TEXTS[i % 7].split()[: 1 + i % 4]) + f" {TEXTS[(i * 3) % 7].split()[0]}" for i in range(200)]
     expected = {t: r.text for t, r in zip(texts, translator.translate(texts, DecodeConfig(beam_size=2)))}
-    batches_before = server.metrics.value("seq2seq_decode_batches_total")
+    steps_before, alone_before = requests_per_step(server)
     with TranslatorClient(f"127.0.0.1:{server.port}", timeout=60) as c, ThreadPoolExecutor(50) as pool:
         replies = list(pool.map(lambda t: c.translate([t], {"beam_size": 2}).results[0].text, texts))
     assert replies == [expected[t] for t in texts]
-    batches = server.metrics.value("seq2seq_decode_batches_total") - batches_before
-    assert 0 < batches < 200 / 2, f"{batches} decoding batches for 200 requests: batching did not happen"
+    steps, alone = requests_per_step(server)
+    shared = (steps - steps_before) - (alone - alone_before)
+    assert shared > (steps - steps_before) / 2, f"{shared} of {steps - steps_before} steps shared: no batching"
 
 
-def test_without_a_batch_window_each_request_is_its_own_batch(translator):
-    server = start(translator, batch_window_ms=0)
+def test_without_cross_request_batching_each_step_serves_one_request(translator):
+    server = start(translator, batching=False)
     try:
         with TranslatorClient(f"127.0.0.1:{server.port}") as c, ThreadPoolExecutor(8) as pool:
             replies = list(pool.map(lambda t: c.translate([t]).results[0].text, TEXTS * 4))
         assert replies == [t.text for t in translator.translate(TEXTS * 4)]
-        assert server.metrics.value("seq2seq_decode_batches_total") == len(TEXTS) * 4
+        steps, alone = requests_per_step(server)
+        assert steps == alone > 0
     finally:
         server.stop(grace=0)
 
@@ -212,7 +220,7 @@ def expected_rejection(request: pb.TranslateRequest, translator: Translator) -> 
         return re.escape(str(e))
     split = request.split_sentences if request.HasField("split_sentences") else True
     for n, text in enumerate(request.texts):
-        for sentence in sentences.split(text, split)[0]:
+        for sentence in split_sentences(text, split)[0]:
             tokens = len(translator.tokenizer.encode(sentence)) + 1  # with </s>
             if tokens > translator.max_input_tokens:
                 return (rf"text {n} has a sentence of {tokens} tokens \(.*\); "
@@ -273,7 +281,7 @@ def slow_server(copy_model):
     translator = Translator.from_checkpoint(copy_model / "best.pt", device="cpu")
     translator.model = SlowModel(translator.model)
     translator.translate(["ba"], DecodeConfig(beam_size=1))  # the server's warm-up, done here to count from 0 after
-    server = start(translator, batch_window_ms=0, max_queue=1)
+    server = start(translator, batching=False, max_queue=1)
     yield server, translator.model
     server.stop(grace=0)
 
@@ -448,8 +456,8 @@ def test_tls_serves_a_client_that_trusts_the_certificate_and_refuses_plaintext(t
 def test_server_flags_and_environment_are_checked(monkeypatch, capsys):
     from server.config import parse_args
 
-    monkeypatch.setenv("SEQ2SEQ_BATCH_WINDOW_MS", "7.5")
-    assert parse_args(["--port", "1"]).batch_window_ms == 7.5 and parse_args(["--port", "1"]).port == 1
+    monkeypatch.setenv("SEQ2SEQ_MAX_CACHE_MB", "7.5")
+    assert parse_args(["--port", "1"]).max_cache_mb == 7.5 and parse_args(["--port", "1"]).port == 1
     with pytest.raises(SystemExit):
         parse_args(["--max-queue", "200"])  # a queued request holds a handler thread: 128 workers are too few
     assert "workers (128) must be > max_queue (200)" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from seq2seq.checkpoint import load, save_model_dir
 from seq2seq.config import DecodeConfig
 from seq2seq.translator import Translator
 from server.app import SERVICE, Server
-from server.sentences import join, split
+from seq2seq.sentences import join_sentences as join, split_sentences as split
 from test_server import CONFIG, ROOT, TEXTS, SlowModel, start
 
 
@@ -190,9 +190,9 @@ def test_sampled_n_best_come_best_first_and_equal_the_offline_translator(transla
 
 
 def test_stream_sends_a_finished_text_before_the_last_one_is_done(copy_model):
-    translator = Translator.from_checkpoint(copy_model / "best.pt", device="cpu", max_batch_tokens=1)
-    translator.model = SlowModel(translator.model)  # 20 ms a step; max_batch_tokens 1: one sentence per group
-    server = start(translator, batch_window_ms=0)
+    translator = Translator.from_checkpoint(copy_model / "best.pt", device="cpu")
+    translator.model = SlowModel(translator.model)  # 20 ms a step
+    server = start(translator, batching=False, max_batch_rows=1)  # one sentence at a time, shortest first
     long_text = "Ba ce di fo. Ga ka co fi. Gu ke ba bo. Da bu me ni. Po ra sa te. Lu fa ge hi."
     try:
         with TranslatorClient(f"127.0.0.1:{server.port}", timeout=60) as c:
@@ -203,9 +203,9 @@ def test_stream_sends_a_finished_text_before_the_last_one_is_done(copy_model):
             end_s, total_steps = time.monotonic() - start_s, translator.model.steps
     finally:
         server.stop(grace=0)
-    assert [index for index, _, _ in arrivals] == [1, 0]  # "ka" is the shortest: its group is decoded first
+    assert [index for index, _, _ in arrivals] == [1, 0]  # "ka" is the shortest: it is decoded first
     (_, first_s, steps_then), (_, last_s, _) = arrivals
-    assert steps_then < total_steps / 3, arrivals  # 1 of 7 groups done when "ka" arrived
+    assert steps_then < total_steps / 3, arrivals  # 1 of 7 sentences done when "ka" arrived
     assert first_s < last_s / 3 and last_s > 0.3, (arrivals, end_s)
 
 

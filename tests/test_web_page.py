@@ -72,7 +72,7 @@ def grpc_server():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the cores are shared (see tests/test_shipped_model.py)
     translator = Translator.from_checkpoint(MODEL, device="cpu", precision="fp32")
-    config = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, precision="fp32", batch_window_ms=0)
+    config = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, precision="fp32")
     server = Server(config, translator).start()
     assert server.wait_ready(120), server.load_error
     yield server

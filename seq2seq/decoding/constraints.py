@@ -13,35 +13,36 @@ from ..config import DecodeConfig
 NEG_INF = float("-inf")
 
 
-def max_output_lengths(src_pad_mask: Tensor, config: DecodeConfig) -> list[int]:
-    """Per sentence, the most output tokens before eos is forced: ⌊a · source tokens + b⌋ (paper §6.1: a=1, b=50).
-
-    Args: src_pad_mask (B, S) bool, True = padding. Returns: B ints. The eos comes on top, as in fairseq.
-    """
-    src_lens = (~src_pad_mask).sum(dim=1).tolist()
-    return [int(config.max_len_a * n + config.max_len_b) for n in src_lens]
+def max_output_length(src_len: int, config: DecodeConfig) -> int:
+    """The most output tokens before eos is forced: ⌊a · source tokens + b⌋ (paper §6.1: a=1, b=50); the eos comes
+    on top, as in fairseq. src_len counts the source's real tokens (its </s> included)."""
+    return int(config.max_len_a * src_len + config.max_len_b)
 
 
-def constrain(log_probs: Tensor, history: Tensor, step: int, config: DecodeConfig, eos_id: int,
+def constrain(log_probs: Tensor, history: Tensor, steps: Tensor, config: DecodeConfig, eos_id: int,
               at_max: Tensor | None) -> Tensor:
     """Apply every configured rule to one step's log-probs, in place.
 
     Args:
         log_probs: (N, V) float32, modified in place and returned.
-        history: (N, t) long, the tokens each row generated so far (t = step).
-        step: t, the number of tokens generated so far.
+        history: (N, t) long, the tokens each row generated so far, left-padded with <pad> (see History): <pad>'s
+            log-prob is −inf, so it is neither penalised further nor matched by a real n-gram.
+        steps: (N,) long, the number of tokens each row generated so far.
         eos_id: the end-of-sentence id.
         at_max: (N,) bool, rows that reached their maximum length (only eos is left to them), or None if none did.
     """
-    if config.repetition_penalty != 1.0 and step > 0:
+    t = history.size(1)
+    if config.repetition_penalty != 1.0 and t > 0:
         penalize_repetition(log_probs, history, config.repetition_penalty)
-    if config.no_repeat_ngram_size and step >= config.no_repeat_ngram_size:
+    if config.no_repeat_ngram_size and t >= config.no_repeat_ngram_size:
         block_repeated_ngrams(log_probs, history, config.no_repeat_ngram_size)
     if at_max is not None:  # before min_len's ban: at the maximum length the maximum wins, eos keeps its log-prob
         force_eos(log_probs, at_max, eos_id)
-    if step < config.min_len:
-        free = slice(None) if at_max is None else ~at_max
-        log_probs[free, eos_id] = NEG_INF
+    if config.min_len:
+        early = steps < config.min_len  # (N,)
+        if at_max is not None:
+            early &= ~at_max
+        log_probs[:, eos_id].masked_fill_(early, NEG_INF)
     return log_probs
 
 
@@ -74,6 +75,7 @@ def force_eos(log_probs: Tensor, rows: Tensor, eos_id: int) -> None:
     log_probs[:, eos_id] = eos_log_probs
 
 
-def rows_at_max(limits: Tensor, step: int, smallest_limit: int) -> Tensor | None:
-    """(N,) bool, the rows whose limit (N,) long is reached at this step; None (no work) before the smallest limit."""
-    return limits.le(step) if step >= smallest_limit else None
+def rows_at_max(limits: Tensor, steps: Tensor) -> Tensor | None:
+    """(N,) bool, the rows whose limit (N,) long is reached at their step (N,) long; None if no row's is."""
+    at_max = limits.le(steps)
+    return at_max if bool(at_max.any()) else None

@@ -1,7 +1,8 @@
-"""Greedy search, and the loop it shares with sampling: every row extends one path a token at a time, choosing with a
-`pick` function, until eos; a row that ends leaves the batch at once (its caches are dropped by `reorder`).
+"""Greedy search, and the search it shares with sampling: every row extends one path a token at a time, choosing with
+a `pick` function, until eos; a row that ends leaves the batch at once. Serves the sentences of one DecodeConfig in
+the engine's running batch (engine.py); sentences join at any step.
 
-Knows only the StepModel protocol and DecodeConfig. Shapes: B batch, S source length, N live rows, V vocabulary.
+Knows only tensors of log-probs and DecodeConfig. Shapes: N live rows, V vocabulary, S source length.
 """
 from __future__ import annotations
 
@@ -11,102 +12,111 @@ import torch
 from torch import Tensor
 
 from ..config import DecodeConfig
-from .constraints import constrain, max_output_lengths, rows_at_max
-from .hypothesis import History, Hypothesis, best_first, last_layer_attention
+from .constraints import constrain, rows_at_max
+from .hypothesis import History
+from .sampling import Sampler, draw_uniforms
 
 if TYPE_CHECKING:
-    from . import StepModel
+    from .engine import Sentence
 
-# pick(log_probs (N, V) float32, step, path ids (N,) long) -> next token ids (N,) long
-Pick = Callable[[Tensor, int, Tensor], Tensor]
-
-
-def greedy_search(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig,
-                  return_attention: bool = False) -> list[list[Hypothesis]]:
-    """The most probable next token at every step. Returns one [Hypothesis] per sentence."""
-    return search_paths(model, src_ids, src_pad_mask, config, 1, _argmax, return_attention)
+# pick(log_probs (N, V) float32 after the constraints, steps (N,) long) -> next token ids (N,) long
+Pick = Callable[[Tensor, Tensor], Tensor]
 
 
-def _argmax(log_probs: Tensor, step: int, paths: Tensor) -> Tensor:
+def argmax(log_probs: Tensor, steps: Tensor) -> Tensor:
+    """Greedy search: the most probable next token."""
     return log_probs.argmax(dim=-1)  # (N,)
 
 
-def search_paths(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig, copies: int,
-                 pick: Pick, return_attention: bool = False) -> list[list[Hypothesis]]:
-    """Decode `copies` independent paths per sentence, each choosing its next token with `pick`.
+class PathSearch:
+    """Independent paths, `copies` per sentence (1 for greedy, num_samples for sampling), one decoder row each.
 
-    Args:
-        src_ids: (B, S) long. src_pad_mask: (B, S) bool, True = padding.
-        copies: paths per sentence; path p (its id in `pick`) belongs to sentence p // copies.
-        return_attention: keep each output token's cross-attention in the hypotheses.
-    Returns: per sentence, its finished paths, best first, at most `config.n_best`.
-    """
-    paths = _Paths(model, src_ids, src_pad_mask, config, copies, return_attention)
-    for step in range(paths.max_steps):
-        paths.step(step, pick)
-        if not paths.path_ids.numel():
-            break
-    return [best_first(found, config.n_best) for found in paths.finished]
+    Row i belongs to sentence owners[i]; every row has its own step, since sentences join at any step."""
 
+    def __init__(self, config: DecodeConfig, copies: int, sampler: Sampler | None, bos_id: int, eos_id: int,
+                 pad_id: int, device: torch.device, keep_attention: bool):
+        self.config, self.copies, self.sampler = config, copies, sampler
+        self.pick: Pick = argmax if sampler is None else sampler
+        self.bos_id, self.eos_id, self.device, self.keep_attention = bos_id, eos_id, device, keep_attention
+        self.owners: list[Sentence] = []  # (N,) the sentence of each row
+        self.steps = torch.zeros(0, dtype=torch.long, device=device)  # (N,) tokens generated so far
+        self.limits = torch.zeros(0, dtype=torch.long, device=device)  # (N,) most output tokens before eos
+        self.totals = torch.zeros(0, device=device)  # (N,) summed log-probs
+        self.prev = torch.zeros(0, dtype=torch.long, device=device)  # (N,)
+        self.history = History.empty(0, device, keep_attention, pad_id)
 
-class _Paths:
-    """The live paths, one per decoder row: N rows, row i holding path `path_ids[i]`."""
+    @property
+    def rows(self) -> int:
+        return len(self.owners)
 
-    def __init__(self, model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig, copies: int,
-                 return_attention: bool):
-        b, device = src_ids.size(0), src_ids.device
-        limits = max_output_lengths(src_pad_mask, config)  # B × max output tokens
-        self.model, self.config, self.copies = model, config, copies
-        self.memory = model.encode(src_ids, src_pad_mask)
-        if copies > 1:
-            self.memory = self.memory.reorder(torch.arange(b, device=device).repeat_interleave(copies))
-        self.max_steps = max(limits) + 1  # the last step can only write eos
-        self.state = model.init_state(self.memory, self.max_steps, return_attention)
-        n = b * copies
-        self.path_ids = torch.arange(n, device=device)  # (N,)
-        self.limits = torch.tensor(limits, device=device).repeat_interleave(copies)  # (N,)
-        self.smallest_limit = min(limits)
-        self.prev = torch.full((n,), model.bos_id, dtype=torch.long, device=device)  # (N,)
-        self.totals = torch.zeros(n, device=device)  # (N,) summed log-probs
-        self.history = History.empty(n, device, src_ids.size(1) if return_attention else None)
-        self.src_real = ~src_pad_mask  # (B, S)
-        self.finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+    def rows_of(self, sentence: Sentence) -> int:
+        return self.copies
 
-    def step(self, step: int, pick: Pick) -> None:
-        """Choose one token for every live path; record and drop the paths that chose eos."""
+    def join(self, sentences: list[Sentence]) -> None:
+        """Add sentences at the end: `copies` rows each, at step 0."""
+        n, device = len(sentences) * self.copies, self.device
+        if self.sampler is not None:
+            self.sampler.join([draw_uniforms(s.limit, self.config, s.generator) for s in sentences])
+        self.owners += [s for s in sentences for _ in range(self.copies)]
+        for s in sentences:
+            s.open_paths = self.copies
+        self.steps = torch.cat([self.steps, torch.zeros(n, dtype=torch.long, device=device)])
+        self.limits = torch.cat([self.limits, torch.tensor([s.limit for s in sentences], device=device)
+                                 .repeat_interleave(self.copies)])
+        self.totals = torch.cat([self.totals, torch.zeros(n, device=device)])
+        self.prev = torch.cat([self.prev, torch.full((n,), self.bos_id, dtype=torch.long, device=device)])
+        self.history = self.history.join(History.empty(n, device, self.keep_attention, self.history.pad_id))
+
+    def step(self, log_probs: Tensor, attention: Tensor | None,
+             check: bool) -> tuple[Tensor | None, Tensor | None, list[Sentence]]:
+        """Choose one token for every live path; record and drop the paths that chose eos (and the rows of
+        sentences marked `stopped`, if check). Returns (rows kept (N',) or None = all, the same for the memory,
+        the sentences done)."""
         # 1. Score the next token of every path and choose one.
-        log_probs = self.model.decode_step(self.prev, self.memory, self.state)  # (N, V)
-        at_max = rows_at_max(self.limits, step, self.smallest_limit)
-        log_probs = constrain(log_probs, self.history.tokens, step, self.config, self.model.eos_id, at_max)
-        tokens = pick(log_probs, step, self.path_ids)  # (N,)
+        at_max = rows_at_max(self.limits, self.steps)
+        log_probs = constrain(log_probs, self.history.tokens, self.steps, self.config, self.eos_id, at_max)
+        tokens = self.pick(log_probs, self.steps)  # (N,)
         token_log_probs = log_probs.gather(1, tokens[:, None]).squeeze(1)  # (N,)
         self.totals = self.totals + token_log_probs
-        attention = last_layer_attention(self.state)  # (N, S) or None
         # 2. Paths that chose eos are done: record them and keep the others.
-        ended = tokens.eq(self.model.eos_id)
-        keep = None
-        if bool(ended.any()):
-            self._finish(ended.nonzero().squeeze(1).tolist(), token_log_probs, attention)
-            keep = (~ended).nonzero().squeeze(1)  # (N',)
-            self._keep(keep)
+        ended = tokens.eq(self.eos_id)
+        leaving = ended
+        if check:
+            stopped = [i for i, s in enumerate(self.owners) if s.stopped]
+            if stopped:
+                leaving = ended.clone()
+                leaving[stopped] = True
+        keep, done = None, []
+        if bool(leaving.any()):
+            done = self._finish(ended.nonzero().squeeze(1).tolist(), leaving, token_log_probs, attention)
+            keep = (~leaving).nonzero().squeeze(1)  # (N',)
+            self.owners = [self.owners[i] for i in keep.tolist()]
+            self.steps, self.limits, self.totals = self.steps[keep], self.limits[keep], self.totals[keep]
             tokens, token_log_probs = tokens[keep], token_log_probs[keep]
             attention = None if attention is None else attention[keep]
+            if self.sampler is not None:
+                self.sampler.keep(keep)
         # 3. The others feed their token back in.
         self.history = self.history.extend(keep, tokens, token_log_probs, attention)
         self.prev = tokens
+        self.steps = self.steps + 1
+        return keep, keep, done
 
-    def _finish(self, rows: list[int], token_log_probs: Tensor, attention: Tensor | None) -> None:
-        totals, eos_log_probs = self.totals.tolist(), token_log_probs.tolist()
+    def _finish(self, rows: list[int], leaving: Tensor, token_log_probs: Tensor,
+                attention: Tensor | None) -> list[Sentence]:
+        """Record the ended paths; returns the sentences whose every path has now left."""
+        totals, eos_log_probs, steps = self.totals.tolist(), token_log_probs.tolist(), self.steps.tolist()
         for row in rows:
-            sentence = int(self.path_ids[row]) // self.copies
+            sentence = self.owners[row]
+            if sentence.stopped:
+                continue
             eos_attention = None if attention is None else attention[row]
-            self.finished[sentence].append(self.history.finish(
-                row, totals[row], eos_log_probs[row], eos_attention, self.config.length_penalty,
-                self.src_real[sentence]))
-
-    def _keep(self, rows: Tensor) -> None:
-        """Drop every row not in `rows` (N',) long from the caches and bookkeeping."""
-        self.memory, self.state = self.memory.reorder(rows), self.state.reorder(rows)
-        self.path_ids, self.limits, self.totals = self.path_ids[rows], self.limits[rows], self.totals[rows]
-        if rows.numel():
-            self.smallest_limit = int(self.limits.min())
+            sentence.found.append(self.history.finish(row, steps[row], totals[row], eos_log_probs[row], eos_attention,
+                                                      self.config.length_penalty, sentence.src_len))
+        done = []
+        for row in leaving.nonzero().squeeze(1).tolist():
+            sentence = self.owners[row]
+            sentence.open_paths -= 1
+            if sentence.open_paths == 0:
+                done.append(sentence)
+        return done

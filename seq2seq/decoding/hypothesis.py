@@ -47,22 +47,27 @@ def last_layer_attention(state) -> Tensor | None:
 
 @dataclass
 class History:
-    """Tokens, log-probs and (optionally) attention of the N live rows, row i following decoder row i."""
+    """Tokens, log-probs and (optionally) attention of the N live rows, row i following decoder row i.
 
-    tokens: Tensor  # (N, t) long, without the start symbol
-    log_probs: Tensor  # (N, t) float32
+    Rows that joined later have fewer steps: every row is left-padded, so its tokens are its last `length` columns
+    and the last columns of all rows are their latest tokens (what the no-repeat n-gram rule reads)."""
+
+    tokens: Tensor  # (N, t) long, left-padded with pad_id
+    log_probs: Tensor  # (N, t) float32, 0 in the padding
     attention: Tensor | None  # (N, t, S) float32, or None when attention is not kept
+    pad_id: int
 
     @classmethod
-    def empty(cls, n: int, device: torch.device, src_len: int | None) -> "History":
-        """No step yet for n rows; src_len = S to keep attention, None not to."""
-        attention = None if src_len is None else torch.zeros(n, 0, src_len, device=device)
-        return cls(torch.zeros(n, 0, dtype=torch.long, device=device), torch.zeros(n, 0, device=device), attention)
+    def empty(cls, n: int, device: torch.device, keep_attention: bool, pad_id: int) -> "History":
+        """No step yet for n rows."""
+        attention = torch.zeros(n, 0, 0, device=device) if keep_attention else None
+        return cls(torch.zeros(n, 0, dtype=torch.long, device=device), torch.zeros(n, 0, device=device), attention,
+                   pad_id)
 
     def extend(self, rows: Tensor | None, tokens: Tensor, log_probs: Tensor, attention: Tensor | None) -> "History":
         """Keep `rows` (N',) long (None = all, in order), then append one step.
 
-        Args: tokens (N',) long, log_probs (N',) float32, attention (N', S) or None, all for the kept rows.
+        Args: tokens (N',) long, log_probs (N',) float32, attention (N', S') or None, all for the kept rows.
         """
         old_tokens, old_log_probs, old_attention = self.tokens, self.log_probs, self.attention
         if rows is not None:
@@ -70,25 +75,57 @@ class History:
             old_attention = None if old_attention is None else old_attention.index_select(0, rows)
         new_attention = None
         if old_attention is not None and attention is not None:
-            new_attention = torch.cat([old_attention, attention[:, None]], dim=1)  # (N', t + 1, S)
+            s = max(old_attention.size(2), attention.size(1))  # sources that joined may be longer
+            new_attention = torch.cat([_pad_last(old_attention, s), _pad_last(attention, s)[:, None]], dim=1)
         return History(torch.cat([old_tokens, tokens[:, None]], dim=1),  # (N', t + 1)
-                       torch.cat([old_log_probs, log_probs[:, None].float()], dim=1), new_attention)
+                       torch.cat([old_log_probs, log_probs[:, None].float()], dim=1), new_attention, self.pad_id)
 
-    def finish(self, row: int, total: float, eos_log_prob: float, eos_attention: Tensor | None, alpha: float,
-               src_real: Tensor) -> Hypothesis:
-        """The hypothesis of `row` ending now with eos.
+    def join(self, other: "History") -> "History":
+        """These rows, then other's (rows that have just joined, usually with fewer steps)."""
+        t = max(self.tokens.size(1), other.tokens.size(1))
+        tokens = torch.cat([_pad_left(h.tokens, t, self.pad_id) for h in (self, other)])
+        log_probs = torch.cat([_pad_left(h.log_probs, t, 0.0) for h in (self, other)])
+        attention = None
+        if self.attention is not None and other.attention is not None:
+            s = max(self.attention.size(2), other.attention.size(2))
+            attention = torch.cat([_pad_left(_pad_last(h.attention, s).transpose(1, 2), t, 0.0).transpose(1, 2)
+                                   for h in (self, other)])
+        return History(tokens, log_probs, attention, self.pad_id)
+
+    def row_tokens(self, row: int, length: int) -> Tensor:
+        """(length,) long: the tokens of `row`, which has taken `length` steps."""
+        return self.tokens[row, self.tokens.size(1) - length:]
+
+    def finish(self, row: int, length: int, total: float, eos_log_prob: float, eos_attention: Tensor | None,
+               alpha: float, src_len: int) -> Hypothesis:
+        """The hypothesis of `row`, `length` tokens so far, ending now with eos.
 
         Args:
             row: index into the current N rows. total: the row's summed log-prob including the eos.
-            eos_log_prob: the eos token's log-prob. eos_attention: (S,) this step's attention of the row, or None.
-            alpha: the length penalty α. src_real: (S,) bool, True = real source token (the attention columns kept).
+            eos_log_prob: the eos token's log-prob. eos_attention: (S',) this step's attention of the row, or None.
+            alpha: the length penalty α. src_len: the sentence's source tokens (the attention columns kept).
         """
-        log_probs = tuple(self.log_probs[row].tolist()) + (eos_log_prob,)
+        start = self.tokens.size(1) - length
+        log_probs = tuple(self.log_probs[row, start:].tolist()) + (eos_log_prob,)
         attention = None
         if self.attention is not None and eos_attention is not None:
-            attention = torch.cat([self.attention[row], eos_attention[None]], dim=0)[:, src_real]  # (t + 1, S_real)
+            past = _pad_last(self.attention[row, start:], eos_attention.size(0))  # (length, S')
+            attention = torch.cat([past, eos_attention[None]])[:, :src_len]
         score = total / length_penalty(len(log_probs), alpha)
-        return Hypothesis(tuple(self.tokens[row].tolist()), score, log_probs, attention)
+        return Hypothesis(tuple(self.tokens[row, start:].tolist()), score, log_probs, attention)
+
+
+def _pad_left(x: Tensor, t: int, value) -> Tensor:
+    """Left-pad dim 1 of x (N, t', ...) to t."""
+    if x.size(1) == t:
+        return x
+    pad = x.new_full((x.size(0), t - x.size(1), *x.shape[2:]), value)
+    return torch.cat([pad, x], dim=1)
+
+
+def _pad_last(x: Tensor, s: int) -> Tensor:
+    """Right-pad the last dim of x to s with zeros."""
+    return x if x.size(-1) == s else torch.nn.functional.pad(x, (0, s - x.size(-1)))
 
 
 def best_first(hypotheses: list[Hypothesis], n_best: int) -> list[Hypothesis]:

@@ -2,57 +2,49 @@
 
 Every random number comes from an explicit seed or torch.Generator. With `DecodeConfig.seed`, each sentence has its
 own generator, so the same seed and source give the same samples whatever else is in the batch. Draws are inverse-CDF
-lookups of pre-drawn uniforms, vectorised over the batch. Shapes: B batch, N live rows, V vocabulary.
+lookups of uniforms drawn when a sentence joins, vectorised over the batch. Shapes: N live rows, V vocabulary.
 """
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..config import DecodeConfig
-from .constraints import max_output_lengths
-from .greedy import search_paths
-from .hypothesis import Hypothesis
-
-if TYPE_CHECKING:
-    from . import StepModel
 
 
-def sample(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig,
-           generator: torch.Generator | None = None, return_attention: bool = False) -> list[list[Hypothesis]]:
-    """Draw `config.num_samples` translations per sentence.
+def draw_uniforms(limit: int, config: DecodeConfig, generator: torch.Generator | None) -> Tensor:
+    """(R, limit + 1) float32 in [0, 1): entry (r, t) drives sample r of one sentence at its step t; R = num_samples.
 
-    Args:
-        src_ids: (B, S) long. src_pad_mask: (B, S) bool, True = padding.
-        generator: the random source when `config.seed` is None (None = torch's global generator).
-    Returns: per sentence, the n_best samples of highest score, best first.
+    With a seed, the sentence draws from a generator seeded with it, step-major (so that a sample's numbers do not
+    depend on the limit either): nothing depends on the rest of the batch.
     """
-    limits = max_output_lengths(src_pad_mask, config)
-    uniforms = draw_uniforms(limits, config, generator).to(src_ids.device)  # (B · num_samples, T)
-
-    def pick(log_probs: Tensor, step: int, paths: Tensor) -> Tensor:
-        return draw(log_probs, uniforms[paths, step], config)
-
-    return search_paths(model, src_ids, src_pad_mask, config, config.num_samples, pick, return_attention)
-
-
-def draw_uniforms(limits: list[int], config: DecodeConfig, generator: torch.Generator | None) -> Tensor:
-    """(B · R, T) float32 in [0, 1): entry (b · R + r, t) drives sample r of sentence b at step t; R = num_samples.
-
-    With a seed, sentence b draws its own (T_b, R) block from a generator seeded with it, T_b = its limit + 1
-    (step-major, so that a sample's numbers do not depend on T_b either): nothing depends on the rest of the batch.
-    """
-    r, steps = config.num_samples, max(limits) + 1
+    r = config.num_samples
     if config.seed is None:
         device = generator.device if generator is not None else None
-        return torch.rand(len(limits) * r, steps, generator=generator, device=device)
-    uniforms = torch.zeros(len(limits) * r, steps)
-    for b, limit in enumerate(limits):
-        sentence_generator = torch.Generator().manual_seed(config.seed)
-        uniforms[b * r:(b + 1) * r, :limit + 1] = torch.rand(limit + 1, r, generator=sentence_generator).t()
-    return uniforms
+        return torch.rand(r, limit + 1, generator=generator, device=device)
+    return torch.rand(limit + 1, r, generator=torch.Generator().manual_seed(config.seed)).t()
+
+
+class Sampler:
+    """The `pick` of PathSearch for sampling: row i draws with uniforms[i, its step]; rows follow the search's."""
+
+    def __init__(self, config: DecodeConfig, device: torch.device):
+        self.config, self.device = config, device
+        self.uniforms = torch.zeros(0, 1, device=device)  # (N, T)
+
+    def join(self, blocks: list[Tensor]) -> None:
+        """Append the rows of joining sentences: their draw_uniforms blocks."""
+        t = max([self.uniforms.size(1)] + [b.size(1) for b in blocks])
+        pad = lambda u: torch.nn.functional.pad(u.to(self.device), (0, t - u.size(1)))  # noqa: E731
+        self.uniforms = torch.cat([pad(self.uniforms)] + [pad(b) for b in blocks])
+
+    def keep(self, rows: Tensor | None) -> None:
+        if rows is not None:
+            self.uniforms = self.uniforms.index_select(0, rows)
+
+    def __call__(self, log_probs: Tensor, steps: Tensor) -> Tensor:
+        rows = torch.arange(log_probs.size(0), device=log_probs.device)
+        return draw(log_probs, self.uniforms[rows, steps], self.config)
 
 
 def next_token_distribution(log_probs: Tensor, config: DecodeConfig) -> tuple[Tensor, Tensor | None]:

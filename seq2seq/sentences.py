@@ -25,7 +25,7 @@ def _splitter():
     return SentenceSplitter(language="fr")
 
 
-def split(text: str, sentences: bool = True) -> tuple[list[str], Layout]:
+def split_sentences(text: str, sentences: bool = True) -> tuple[list[str], Layout]:
     """text -> (its non-empty sentences in order, the layout to join their translations back)."""
     out, counts = [], []
     newline = "\r\n" if "\r\n" in text else "\n"
@@ -38,8 +38,8 @@ def split(text: str, sentences: bool = True) -> tuple[list[str], Layout]:
     return out, Layout(tuple(counts), newline)
 
 
-def join(translations: list[str], layout: Layout) -> str:
-    """The inverse of `split`: sentences of a line joined by a space, lines by the text's own line end."""
+def join_sentences(translations: list[str], layout: Layout) -> str:
+    """The inverse of `split_sentences`: sentences of a line joined by a space, lines by the text's own line end."""
     lines, i = [], 0
     for n in layout.lines:
         lines.append(" ".join(translations[i:i + n]))

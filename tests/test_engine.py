@@ -1,0 +1,170 @@
+"""The decoding engine (seq2seq/decoding/engine.py): sentences join a running batch at step boundaries and leave
+when done, with their own options, and decode exactly as they do alone; a stopped sentence leaves without changing
+the others; the caches stay within the memory budget whatever the lengths."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seq2seq.config import DecodeConfig, ModelConfig
+from seq2seq.decoding import Cancelled, Engine, Sentence, TooLarge, decode
+from seq2seq.model import Transformer
+
+V, EOS = 24, 0
+SEARCHES = {"beam": DecodeConfig(beam_size=3, n_best=2, max_len_b=12),
+            "greedy": DecodeConfig(beam_size=1, max_len_b=12),
+            "sample": DecodeConfig(sample=True, seed=5, num_samples=2, n_best=2, max_len_b=12, top_k=8)}
+
+
+def tiny_model(dtype=torch.float32) -> Transformer:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.tiny(V)).eval()
+    with torch.no_grad():  # random weights almost never end a sentence: lean the output toward </s> so that they do
+        model.decoder[-1].sub_ffn.norm.bias.copy_(2 * model.embed.tokens.weight[EOS])
+    return model.to(dtype)
+
+
+@pytest.fixture(scope="module", params=[torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def model(request) -> Transformer:
+    return tiny_model(request.param)
+
+
+def source(n: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, V - 1, (n - 1,), generator=g).tolist() + [EOS]
+
+
+def alone(model, src: list[int], config: DecodeConfig):
+    [hyps] = decode(model, torch.tensor([src]), torch.zeros(1, len(src), dtype=torch.bool), config)
+    return hyps
+
+
+class Counting:
+    """Wraps a model: counts the model steps and the rows of each."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def decode_step(self, prev_ids, memory, state):
+        self.rows.append(len(prev_ids))
+        return self.model.decode_step(prev_ids, memory, state)
+
+
+def assert_same(got, expected, exact: bool):
+    assert [h.ids for h in got] == [h.ids for h in expected]
+    if exact:  # bf16: a row's arithmetic is the same in any company (bench/invariance.py)
+        assert [h.score for h in got] == [h.score for h in expected]
+    else:  # fp32: the matrix kernels depend on the batch shape in the last bits
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", SEARCHES)
+def test_sentences_that_join_later_decode_as_they_do_alone(model, kind):
+    config = SEARCHES[kind]
+    sources = [source(n, seed) for seed, n in enumerate((6, 11, 3, 8))]
+    results = {}
+    engine = Engine(model)
+    engine.submit([Sentence(sources[0], config, lambda h: results.__setitem__(0, h))])
+    engine.step(), engine.step()  # sentence 0 is two steps ahead when 1 and 2 join
+    engine.submit([Sentence(src, config, lambda h, i=i: results.__setitem__(i, h))
+                   for i, src in enumerate(sources[1:3], 1)])
+    engine.step()
+    engine.submit([Sentence(sources[3], config, lambda h: results.__setitem__(3, h))])  # one step later still
+    engine.run()
+    exact = next(model.parameters()).dtype == torch.bfloat16
+    for i, src in enumerate(sources):
+        assert_same(results[i], alone(model, src, config), exact)
+
+
+def test_different_options_share_every_model_step(model):
+    sources = [source(n, seed) for seed, n in enumerate((6, 11, 3, 8, 5, 9))]
+    configs = [SEARCHES["beam"], SEARCHES["greedy"], SEARCHES["sample"]] * 2
+    counting, results = Counting(model), {}
+    engine = Engine(counting)
+    engine.submit([Sentence(src, config, lambda h, i=i: results.__setitem__(i, h))
+                   for i, (src, config) in enumerate(zip(sources, configs))])
+    engine.run()
+    exact = next(model.parameters()).dtype == torch.bfloat16
+    longest = 0
+    for i, (src, config) in enumerate(zip(sources, configs)):
+        assert_same(results[i], alone(model, src, config), exact)
+        longest = max(longest, max(len(h.ids) for h in results[i]) + 1)
+    assert len(counting.rows) == longest  # one model step per token position, for every search at once
+    assert counting.rows[0] == 2 * (3 + 1 + 2)  # beam rows + greedy rows + sample rows
+
+
+def test_a_stopped_sentence_leaves_without_changing_the_others(model):
+    config = SEARCHES["beam"]
+    sources = [source(n, seed) for seed, n in enumerate((6, 11, 3))]
+    counting, results = Counting(model), {}
+    engine = Engine(counting)
+    engine.submit([Sentence(src, config, lambda h, i=i: results.__setitem__(i, h),
+                            should_stop=(lambda: len(counting.rows) >= 2) if i == 1 else None)
+                   for i, src in enumerate(sources)])
+    engine.run()
+    assert isinstance(results[1], Cancelled)
+    # found stopped at the boundary before step 3, it leaves with that step's results, before step 4
+    assert counting.rows[2:4] == [3 * config.beam_size, 2 * config.beam_size]
+    exact = next(model.parameters()).dtype == torch.bfloat16
+    for i in (0, 2):
+        assert_same(results[i], alone(model, sources[i], config), exact)
+
+
+def test_a_failing_step_fails_its_sentences_and_the_engine_goes_on():
+    model, results = tiny_model(), {}
+
+    class Failing(Counting):
+        def decode_step(self, *args):
+            if len(self.rows) == 1:
+                self.rows.append(0)
+                raise RuntimeError("out of memory")
+            return super().decode_step(*args)
+
+    engine = Engine(Failing(model))
+    engine.submit([Sentence(source(5, 0), SEARCHES["greedy"], lambda h: results.__setitem__(0, h))])
+    engine.run()
+    assert isinstance(results[0], RuntimeError)
+    engine.submit([Sentence(source(5, 0), SEARCHES["greedy"], lambda h: results.__setitem__(1, h))])
+    engine.run()
+    assert [h.ids for h in results[1]] == [h.ids for h in alone(model, source(5, 0), SEARCHES["greedy"])]
+
+
+class Measuring(Counting):
+    """Records rows × (cache capacity + source positions) at every step: what the batch's caches hold."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.positions = []
+
+    def decode_step(self, prev_ids, memory, state):
+        out = super().decode_step(prev_ids, memory, state)
+        self.positions.append(len(prev_ids) * (state.cache.size(4) + memory.src_pad_mask.size(1)))
+        return out
+
+
+def test_the_memory_budget_holds_with_adversarial_lengths():
+    model = tiny_model()
+    budget = 2000
+    measuring, results = Measuring(model), {}
+    engine = Engine(measuring, max_positions=budget)
+    g = torch.Generator().manual_seed(3)
+    sentences = []
+    for i in range(40):  # short and long sources, short and very long allowed outputs, beams and samples
+        n = int(torch.randint(2, 30, (1,), generator=g))
+        config = [DecodeConfig(beam_size=4, max_len_b=int(torch.randint(0, 300, (1,), generator=g))),
+                  DecodeConfig(beam_size=1, min_len=60, max_len_b=100),
+                  DecodeConfig(sample=True, num_samples=3, max_len_b=5)][i % 3]
+        sentences.append(Sentence(source(n, i), config, lambda h, i=i: results.__setitem__(i, h)))
+    for s in sentences:
+        try:
+            engine.submit([s])
+        except TooLarge as e:  # alone it could pass the budget: refused up front, with the numbers
+            assert f"the budget is {budget}" in str(e) and engine.cost(s) > budget
+            results[sentences.index(s)] = e
+    engine.run()
+    assert len(results) == 40 and sum(isinstance(r, list) for r in results.values()) >= 20
+    assert max(measuring.positions) <= budget
+    assert max(measuring.rows) > 4  # sentences did share the batch
