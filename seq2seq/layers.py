@@ -136,25 +136,38 @@ class DecoderLayer(nn.Module):
     def step(self, y: Tensor, cache: Tensor, positions: Tensor, last: int, past: Tensor | None,
              memory_kv: tuple[Tensor, Tensor], src_mask: Tensor,
              need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """One decoding step. y (B, 1, D): row b is at position positions[b] (B,) long, the last of them `last`;
+        """One decoding step. y (B', 1, D): its first B rows are real, row b at position positions[b] (B,) long, the
+        last of them `last`; rows past B only pad the matrix products to a steady shape (Transformer.decode_step).
         `cache` (2, B, H, T_cap, d_k) holds this layer's keys and values of each row's earlier positions and
         receives the new ones; past (B, last + 1) bool, True = a key of the row's own past, or None when every row
-        is at `last`. Returns (B, 1, D) and cross weights (B, H, 1, S)."""
+        is at `last`. Returns (B', 1, D) and cross weights (B, H, 1, S)."""
+        b = positions.numel()
 
         def self_attention(h: Tensor) -> tuple[Tensor, None]:
-            q, k, v = self.self_attn.project_qkv(h)  # (B, H, 1, d_k) each
+            q, k, v = (x[:b] for x in self.self_attn.project_qkv(h))  # (B, H, 1, d_k) each
             if past is None:
                 cache[0, :, :, last:last + 1] = k
                 cache[1, :, :, last:last + 1] = v
             else:
-                rows = torch.arange(y.size(0), device=y.device)
+                rows = torch.arange(b, device=y.device)
                 cache[0, rows, :, positions] = k[:, :, 0]
                 cache[1, rows, :, positions] = v[:, :, 0]
             mask = None if past is None else past[:, None, None, :]  # (B, 1, 1, last + 1)
             out, _ = attention(q, cache[0, :, :, :last + 1], cache[1, :, :, :last + 1], mask)
-            return self.self_attn.out_proj(self.self_attn.merge_heads(out)), None
+            return self.self_attn.out_proj(pad_rows(self.self_attn.merge_heads(out), h.size(0))), None
+
+        def cross_attention(h: Tensor) -> tuple[Tensor, Tensor | None]:
+            a = self.cross_attn
+            q = a.split_heads(a.q_proj(h))[:b]  # (B, H, 1, d_k)
+            out, weights = attention(q, *memory_kv, src_mask, need_weights=need_weights)
+            return a.out_proj(pad_rows(a.merge_heads(out), h.size(0))), weights
 
         y, _ = self.sub_self(y, self_attention)
-        y, cross_w = self.sub_cross(y, lambda h: self.cross_attn(h, src_mask, kv=memory_kv, need_weights=need_weights))
+        y, cross_w = self.sub_cross(y, cross_attention)
         y, _ = self.sub_ffn(y, lambda h: (self.ffn(h), None))
         return y, cross_w
+
+
+def pad_rows(x: Tensor, n: int) -> Tensor:
+    """x (B, ...) followed by zero rows up to n rows."""
+    return x if x.size(0) == n else torch.cat([x, x.new_zeros(n - x.size(0), *x.shape[1:])])

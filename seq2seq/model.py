@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .layers import DecoderLayer, Embedding, EncoderLayer
+from .layers import DecoderLayer, Embedding, EncoderLayer, pad_rows
 
 
 @dataclass
@@ -99,6 +99,9 @@ class DecoderState:
         if end > self.filled:
             self.cache[..., self.filled:end, :].zero_()
             self.filled = end
+
+
+ROW_BUCKET = 16  # decode_step pads its rows to a multiple of this (see there)
 
 
 class Transformer(nn.Module):
@@ -215,7 +218,12 @@ class Transformer(nn.Module):
         state.make_room(last + 1)
         # Keys past a row's own position are masked; when every row is at the same position there are none.
         past = None if first == last else (torch.arange(last + 1, device=positions.device) <= positions[:, None])
-        y = self.embed.at(prev_ids, positions)  # (B, 1, D)
+        # The matrix products run on B' = B rounded up to a multiple of ROW_BUCKET rows (zero rows after the real
+        # ones): a running batch changes size at every step, and oneDNN compiles and keeps a kernel with its own
+        # packed copy of the weights for every shape (the server's memory grew to 1.3 GB). A row's result does not
+        # depend on the rows after it in bf16 (bench/invariance.py), nor in fp32 at these sizes.
+        b = prev_ids.size(0)
+        y = pad_rows(self.embed.at(prev_ids, positions), -(-b // ROW_BUCKET) * ROW_BUCKET)  # (B', 1, D)
         attn = []
         for i, layer in enumerate(self.decoder):
             y, cross_w = layer.step(y, state.cache[i], positions, last, past, memory.cross_kv[i], memory.src_mask,
@@ -223,7 +231,7 @@ class Transformer(nn.Module):
             attn.append(cross_w)
         state.positions = positions + 1
         state.attention = [w[:, :, 0] for w in attn] if state.need_attention else None  # L × (B, H, S)
-        logits = self.project(self.decoder_norm(y[:, 0]))  # (B, V), <pad> at −inf
+        logits = self.project(self.decoder_norm(y[:, 0]))[:b]  # (B, V), <pad> at −inf
         return logits.float().log_softmax(dim=-1)
 
     def num_parameters(self) -> int:

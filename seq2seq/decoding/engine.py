@@ -260,7 +260,8 @@ class Engine:
     def _encode(self, sentences: list[Sentence]):
         """The encoder memory of the joining sentences, one row per decoder row they need."""
         pad = self.model.pad_id
-        src = torch.full((len(sentences), max(s.src_len for s in sentences)), pad, dtype=torch.long)
+        width = -(-max(s.src_len for s in sentences) // 8) * 8  # fewer shapes for the kernels to compile and keep
+        src = torch.full((len(sentences), width), pad, dtype=torch.long)
         for i, s in enumerate(sentences):
             src[i, :s.src_len] = torch.tensor(s.src)
         src = src.to(self.device)
