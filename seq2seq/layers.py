@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiHeadAttention, attention
+from .attention import MultiHeadAttention, attention, pad_rows
 
 
 def sinusoidal_positions(n_positions: int, d_model: int) -> Tensor:
@@ -156,18 +156,9 @@ class DecoderLayer(nn.Module):
             out, _ = attention(q, cache[0, :, :, :last + 1], cache[1, :, :, :last + 1], mask)
             return self.self_attn.out_proj(pad_rows(self.self_attn.merge_heads(out), h.size(0))), None
 
-        def cross_attention(h: Tensor) -> tuple[Tensor, Tensor | None]:
-            a = self.cross_attn
-            q = a.split_heads(a.q_proj(h))[:b]  # (B, H, 1, d_k)
-            out, weights = attention(q, *memory_kv, src_mask, need_weights=need_weights)
-            return a.out_proj(pad_rows(a.merge_heads(out), h.size(0))), weights
-
         y, _ = self.sub_self(y, self_attention)
-        y, cross_w = self.sub_cross(y, cross_attention)
+        y, cross_w = self.sub_cross(y, lambda h: self.cross_attn(h, src_mask, kv=memory_kv, need_weights=need_weights,
+                                                                 rows=b))
         y, _ = self.sub_ffn(y, lambda h: (self.ffn(h), None))
         return y, cross_w
 
-
-def pad_rows(x: Tensor, n: int) -> Tensor:
-    """x (B, ...) followed by zero rows up to n rows."""
-    return x if x.size(0) == n else torch.cat([x, x.new_zeros(n - x.size(0), *x.shape[1:])])

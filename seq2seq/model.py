@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import pad_rows
 from .config import ModelConfig
-from .layers import DecoderLayer, Embedding, EncoderLayer, pad_rows
+from .layers import DecoderLayer, Embedding, EncoderLayer
 
 
 @dataclass
@@ -83,9 +84,8 @@ class DecoderState:
             target[:, :, b_old:, :, :t].zero_()
             positions = torch.cat([positions, joined.positions])
         spare = self.cache if list(self.cache.shape) == shape else None
-        attention = None if self.attention is None or joined is not None else [
-            a.index_select(0, idx) for a in self.attention]
-        return DecoderState(target, positions, t, self.need_attention, attention, spare, self.room)
+        # attention is that of the last step, read before any reorder: the new state has none until it steps
+        return DecoderState(target, positions, t, self.need_attention, None, spare, self.room)
 
     def make_room(self, end: int) -> None:
         """Capacity for positions < end (doubling, up to `room`), and finite numbers there in every row."""

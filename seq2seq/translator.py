@@ -311,8 +311,7 @@ class Translator:
         """
         parts, layouts, owner = [], [], []  # all sentences; per text its layout; per sentence its text
         for n, text in enumerate(texts):
-            if not text.strip():
-                raise InputError(f"text {n} is empty; give at least one non-space character")
+            _check_nonempty(text, n)
             text_parts, layout = split_sentences(text, split)
             parts += text_parts
             layouts.append(layout)
@@ -339,12 +338,7 @@ class Translator:
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Texts -> source ids with </s>; rejects empty and over-long texts."""
-        out = []
-        for n, text in enumerate(texts):
-            if not text.strip():
-                raise InputError(f"text {n} is empty; give at least one non-space character")
-            out.append(self._encode_one(text, n, False))
-        return out
+        return [self._encode_one(_check_nonempty(text, n), n, False) for n, text in enumerate(texts)]
 
     def _encode_one(self, text: str, n: int, split: bool) -> list[int]:
         ids = self.tokenizer.encode(text) + [EOS_ID]
@@ -373,6 +367,13 @@ class Translator:
         src_ids = self.tokenizer.piece_ids(translation.source_tokens)
         out_ids = self.tokenizer.piece_ids(translation.tokens)
         return attention_maps(self.model, src_ids, out_ids, translation.source_tokens, translation.tokens)
+
+
+def _check_nonempty(text: str, n: int) -> str:
+    """text, unless it is empty or only spaces: then an InputError naming text n."""
+    if not text.strip():
+        raise InputError(f"text {n} is empty; give at least one non-space character")
+    return text
 
 
 class _Collector:

@@ -43,9 +43,6 @@ class BeamSearch:
     def rows(self) -> int:
         return len(self.sentences) * self.k
 
-    def rows_of(self, sentence: Sentence) -> int:
-        return self.k
-
     def join(self, sentences: list[Sentence]) -> None:
         """Add sentences at the end: K rows each, at step 0."""
         a, k, device = len(sentences), self.k, self.device

@@ -154,8 +154,7 @@ class Engine:
                 self._place(joined)
                 done = self._decode(check)
         except Exception as e:  # e.g. out of memory: every sentence in the batch fails, the engine goes on
-            if not isinstance(e, Cancelled):
-                log.exception("decoding step failed")
+            log.exception("decoding step failed")
             done = self.live
             for s in done:
                 s.deliver(e)
@@ -228,12 +227,13 @@ class Engine:
         if order:
             memory_new = self._encode(order)
             state_new = self.model.init_state(memory_new, max(s.limit for s in order) + 1)
+        room = max(s.limit for s in self.live + order) + 1  # the most positions a row of the batch may need
         if self.memory is None:
             self.memory, self.state = memory_new, state_new
         elif order or self.reorder is not None:
             same = torch.arange(self.n_rows, device=self.device)
             rows, memory_rows = self.reorder if self.reorder is not None else (same, same)
-            self.state.room = max(s.limit for s in self.live + order) + 1
+            self.state.room = room  # the reorder gives back capacity past it
             self.state = self.state.reorder(rows, state_new)
             if order or not torch.equal(memory_rows, same):
                 width = max((s.src_len for s in self.live), default=1)
@@ -253,7 +253,7 @@ class Engine:
             offset += n_new
         self.where = {key: _rows(ranges, self.device) for key, ranges in where.items()}
         self.state.need_attention = any(key[2] for key in self.searches)
-        self.state.room = max(s.limit for s in self.live) + 1
+        self.state.room = room
         self.n_rows = offset
         self.n_owners = len({id(s.owner) for s in self.live})
 
@@ -271,7 +271,7 @@ class Engine:
 
     def _decode(self, check: bool) -> list[Sentence]:
         """One model step for every row; each search picks its tokens; returns the sentences done."""
-        n = self.rows
+        n = self.n_rows
         prev = torch.empty(n, dtype=torch.long, device=self.device)
         for key, search in self.searches.items():
             prev[self.where[key]] = search.prev

@@ -49,9 +49,6 @@ class PathSearch:
     def rows(self) -> int:
         return len(self.owners)
 
-    def rows_of(self, sentence: Sentence) -> int:
-        return self.copies
-
     def join(self, sentences: list[Sentence]) -> None:
         """Add sentences at the end: `copies` rows each, at step 0."""
         n, device = len(sentences) * self.copies, self.device
