@@ -93,24 +93,21 @@ class MultiHeadAttention(nn.Module):
         return self.split_heads(q), self.split_heads(k), self.split_heads(v)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False,
-                kv: tuple[Tensor, Tensor] | None = None, need_weights: bool = False,
-                rows: int | None = None) -> tuple[Tensor, Tensor | None]:
+                kv: tuple[Tensor, Tensor] | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """Args:
-            x: queries' input (B', T, D).
+            x: queries' input (B, T, D).
             mask: bool (B, 1, 1|T, S), True = may attend.
             kv: precomputed (keys, values), each (B, H, S, d_k); required for cross-attention.
-            rows: B, if only the first B rows of x are real (cross-attention in a decoding step): the others only pad
-                the projections to a steady shape, and their attention output is zero.
-        Returns: (output (B', T, D), weights (B, H, T, S) or None)
+        Returns: (output (B, T, D), weights (B, H, T, S) or None)
         """
         dropout_p = self.attention_dropout if self.training else 0.0
         if self.cross:
             assert kv is not None, "cross-attention needs the encoder's keys and values"
-            q, (k, v) = self.split_heads(self.q_proj(x))[:rows], kv
+            q, (k, v) = self.split_heads(self.q_proj(x)), kv
         else:
             q, k, v = self.project_qkv(x)
         out, weights = attention(q, k, v, mask, dropout_p, causal, need_weights)
-        return self.out_proj(pad_rows(self.merge_heads(out), x.size(0))), weights
+        return self.out_proj(self.merge_heads(out)), weights
 
 
 def pad_rows(x: Tensor, n: int) -> Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiHeadAttention, attention, pad_rows
+from .attention import MultiHeadAttention, attention
 
 
 def sinusoidal_positions(n_positions: int, d_model: int) -> Tensor:
@@ -133,32 +133,31 @@ class DecoderLayer(nn.Module):
         y, _ = self.sub_ffn(y, lambda h: (self.ffn(h), None))
         return y, self_w, cross_w
 
-    def step(self, y: Tensor, cache: Tensor, positions: Tensor, last: int, past: Tensor | None,
+    def step(self, y: Tensor, cache: Tensor, positions: Tensor, at: int | None, past: Tensor,
              memory_kv: tuple[Tensor, Tensor], src_mask: Tensor,
              need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """One decoding step. y (B', 1, D): its first B rows are real, row b at position positions[b] (B,) long, the
-        last of them `last`; rows past B only pad the matrix products to a steady shape (Transformer.decode_step).
-        `cache` (2, B, H, T_cap, d_k) holds this layer's keys and values of each row's earlier positions and
-        receives the new ones; past (B, last + 1) bool, True = a key of the row's own past, or None when every row
-        is at `last`. Returns (B', 1, D) and cross weights (B, H, 1, S)."""
+        """One decoding step. y (B', 1, D): its first B rows are real, row b at position positions[b] (B,) long;
+        the rest are zero rows that pad the shapes (Transformer.decode_step). `at`: the position of every real row
+        when they are all at the same one, else None. `cache` (2, B', H, T_cap, d_k) holds this layer's keys and
+        values of each row's earlier positions and receives the new ones; past (B', span) bool, True = a key of
+        the row's own past. Returns (B', 1, D) and cross weights (B', H, 1, S)."""
         b = positions.numel()
 
         def self_attention(h: Tensor) -> tuple[Tensor, None]:
-            q, k, v = (x[:b] for x in self.self_attn.project_qkv(h))  # (B, H, 1, d_k) each
-            if past is None:
-                cache[0, :, :, last:last + 1] = k
-                cache[1, :, :, last:last + 1] = v
+            q, k, v = self.self_attn.project_qkv(h)  # (B', H, 1, d_k) each
+            if at is not None:
+                cache[0, :b, :, at:at + 1] = k[:b]
+                cache[1, :b, :, at:at + 1] = v[:b]
             else:
                 rows = torch.arange(b, device=y.device)
-                cache[0, rows, :, positions] = k[:, :, 0]
-                cache[1, rows, :, positions] = v[:, :, 0]
-            mask = None if past is None else past[:, None, None, :]  # (B, 1, 1, last + 1)
-            out, _ = attention(q, cache[0, :, :, :last + 1], cache[1, :, :, :last + 1], mask)
-            return self.self_attn.out_proj(pad_rows(self.self_attn.merge_heads(out), h.size(0))), None
+                cache[0, rows, :, positions] = k[:b, :, 0]
+                cache[1, rows, :, positions] = v[:b, :, 0]
+            span = past.size(1)
+            out, _ = attention(q, cache[0, :, :, :span], cache[1, :, :, :span], past[:, None, None, :])
+            return self.self_attn.out_proj(self.self_attn.merge_heads(out)), None
 
         y, _ = self.sub_self(y, self_attention)
-        y, cross_w = self.sub_cross(y, lambda h: self.cross_attn(h, src_mask, kv=memory_kv, need_weights=need_weights,
-                                                                 rows=b))
+        y, cross_w = self.sub_cross(y, lambda h: self.cross_attn(h, src_mask, kv=memory_kv, need_weights=need_weights))
         y, _ = self.sub_ffn(y, lambda h: (self.ffn(h), None))
         return y, cross_w
 

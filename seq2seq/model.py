@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import pad_rows
@@ -21,33 +20,72 @@ from .config import ModelConfig
 from .layers import DecoderLayer, Embedding, EncoderLayer
 
 
+def bucket(n: int, size: int) -> int:
+    """n rounded up to a multiple of size."""
+    return -(-n // size) * size
+
+
+# A decoding step's shapes are rounded up: a running batch changes its row count and its longest position at every
+# step, and oneDNN compiles and keeps a kernel per matrix shape (the server grew to 1.3 GB with exact shapes).
+# Padding rows are zeros after the real ones, and padding positions are masked; neither changes a real row's result
+# in bf16 (bench/invariance.py), the precision that promises it.
+ROW_BUCKET = 16  # rows: 4, 8, then multiples of 16 (a lone sentence's 4 beams are not padded to 16)
+SPAN_BUCKET = 16  # self-attention keys
+
+
+def padded_rows(n: int) -> int:
+    return 4 if n <= 4 else 8 if n <= 8 else bucket(n, ROW_BUCKET)
+
+
 @dataclass
 class Memory:
     """What the decoder needs from the encoder, computed once per sentence: rows of several sentences can share a
     batch (a sentence that joins a running batch is padded to its longest source, or pads the others)."""
 
-    src_pad_mask: Tensor  # (B, S) bool, True = padding
-    cross_kv: list[tuple[Tensor, Tensor]]  # per decoder layer: keys, values (B, H, S, d_k), projected once
+    src_pad_mask: Tensor  # (B', S) bool, True = padding
+    cross_kv: list[tuple[Tensor, Tensor]]  # per decoder layer: keys, values (B', H, S, d_k), projected once
+    rows: int = -1  # B, the real rows (default B'); those after them are zero keys that only pad the batch's shapes
+
+    def __post_init__(self):
+        if self.rows < 0:
+            self.rows = self.src_pad_mask.size(0)
 
     @property
     def src_mask(self) -> Tensor:
-        return ~self.src_pad_mask[:, None, None, :]  # (B, 1, 1, S), True = may attend
+        return ~self.src_pad_mask[:, None, None, :]  # (B', 1, 1, S), True = may attend
 
     def reorder(self, idx: Tensor, joined: "Memory | None" = None, width: int | None = None) -> "Memory":
-        """Rows idx (B',) long of this memory (e.g. to follow beams), then every row of `joined`, if given; the
-        shorter sources are padded with zeros (finite, and masked). width: the longest source of the kept rows,
-        if known: the padding beyond it (left by longer sentences that have gone) is dropped."""
-        s = self.src_pad_mask.size(1) if width is None else min(width, self.src_pad_mask.size(1))
-        mask = self.src_pad_mask[:, :s].index_select(0, idx)
-        kv = [(k[:, :, :s].index_select(0, idx), v[:, :, :s].index_select(0, idx)) for k, v in self.cross_kv]
-        if joined is None:
-            return Memory(mask, kv)
-        s = max(mask.size(1), joined.src_pad_mask.size(1))
-        pad_mask = lambda m: F.pad(m, (0, s - m.size(1)), value=True)  # noqa: E731
-        pad_kv = lambda x: F.pad(x, (0, 0, 0, s - x.size(2)))  # noqa: E731
-        return Memory(torch.cat([pad_mask(mask), pad_mask(joined.src_pad_mask)]),
-                      [(torch.cat([pad_kv(k), pad_kv(jk)]), torch.cat([pad_kv(v), pad_kv(jv)]))
-                       for (k, v), (jk, jv) in zip(kv, joined.cross_kv)])
+        """Rows idx (N,) long of this memory (e.g. to follow beams), then the real rows of `joined`, if given, then
+        zero rows up to `padded_rows` (they attend to zero keys: finite, and never read). The shorter sources are
+        padded with masked zeros. width: the longest source of the kept rows, if known: the padding beyond it (left
+        by longer sentences that have gone) is dropped. Each layer's old keys and values are let go as soon as they
+        are copied (half the peak memory), so do not use this memory afterwards."""
+        kept = idx.numel()
+        w = self.src_pad_mask.size(1) if width is None else min(width, self.src_pad_mask.size(1))
+        parts = [(kept, w)] + ([] if joined is None else [(joined.rows, joined.src_pad_mask.size(1))])
+        n, s = sum(rows for rows, _ in parts), max(width for _, width in parts)
+        n_pad = padded_rows(n)
+        mask = self.src_pad_mask.new_ones(n_pad, s)  # True = padding ...
+        mask[n:] = False  # ... except in the padding rows, whose (zero) keys are all attended: no empty softmax
+        torch.index_select(self.src_pad_mask[:, :w], 0, idx, out=mask[:kept, :w])
+        if joined is not None:
+            mask[kept:n, :parts[1][1]] = joined.src_pad_mask[:joined.rows]
+        kv = []
+        for layer, (k, v) in enumerate(self.cross_kv):
+            pair = []
+            for i, x in enumerate((k, v)):
+                out = x.new_empty(n_pad, x.size(1), s, x.size(3))  # (B', H, S, d_k)
+                torch.index_select(x[:, :, :w], 0, idx, out=out[:kept, :, :w])
+                out[:kept, :, w:].zero_()
+                if joined is not None:
+                    jw = parts[1][1]
+                    out[kept:n, :, :jw] = joined.cross_kv[layer][i][:joined.rows]
+                    out[kept:n, :, jw:].zero_()
+                out[n:].zero_()
+                pair.append(out)
+            kv.append((pair[0], pair[1]))
+            self.cross_kv[layer] = None  # type: ignore[call-overload]
+        return Memory(mask, kv, n)
 
 
 @dataclass
@@ -56,52 +94,61 @@ class DecoderState:
 
     Every row has its own position (rows that joined later are at earlier positions): row b holds its keys and
     values at positions < positions[b]. Positions < `filled` hold finite numbers in every row (written, or zeros):
-    a masked position weighs exactly 0, and 0 · NaN would still be NaN."""
+    a masked position weighs exactly 0, and 0 · NaN would still be NaN. The cache may have more rows than
+    `positions` (B' ≥ B, see `padded_rows`): the rows after the real ones are zeros that pad the shapes."""
 
-    cache: Tensor  # (L, 2, B, H, T_cap, d_k)
+    cache: list[Tensor]  # per decoder layer: keys and values (2, B', H, T_cap, d_k)
     positions: Tensor  # (B,) long: the position each row writes next (the tokens it has read)
     filled: int = 0
     need_attention: bool = False
     attention: list[Tensor] | None = None  # after a step, if need_attention: per layer, cross-attn (B, H, S)
-    spare: Tensor | None = None  # a second buffer that reorder() writes into, so beams do not allocate every step
+    spare: Tensor | None = None  # a buffer of one layer's shape that reorder() writes into (no allocation per step)
     room: int | None = None  # the most positions any row may need (caps the capacity); None = no cap
 
+    @property
+    def shape(self) -> list[int]:
+        return list(self.cache[0].shape)
+
     def reorder(self, idx: Tensor, joined: "DecoderState | None" = None) -> "DecoderState":
-        """Rows idx (B',) long, then the rows of `joined` (new rows, at position 0), if given. Only the positions
-        the kept rows use are copied, into the spare buffer; this state's buffers then belong to the new state, so
-        do not use this state afterwards."""
+        """Rows idx (N,) long, then the rows of `joined` (new rows, at position 0), if given, then zero rows up to
+        `padded_rows`. Only the positions the kept rows use are copied. The layers take turns with one spare
+        buffer: layer i is written into the spare, and its old buffer becomes the spare of layer i + 1, so the
+        caches take L + 1 layers' memory, not 2L. This state's buffers then belong to the new state: do not use
+        this state afterwards."""
         positions = self.positions.index_select(0, idx)
+        if joined is not None:
+            positions = torch.cat([positions, joined.positions])
         t = min(self.filled, int(positions.max()) if positions.numel() else 0)  # what the kept rows have written
         b_old = idx.numel()
-        shape = list(self.cache.shape)
-        shape[2] = b_old + (0 if joined is None else joined.cache.size(2))
-        if self.room is not None and shape[4] > max(self.room, t, 1):  # longer sentences left: give the room back
-            shape[4] = max(self.room, t, 1)
-        target = self.spare if self.spare is not None and list(self.spare.shape) == shape else self.cache.new_empty(shape)
-        # straight into the target (no temporary): half the time of `target[...] = x.index_select(...)` here
-        torch.index_select(self.cache[..., :t, :], 2, idx, out=target[:, :, :b_old, :, :t, :])
-        if joined is not None:
-            target[:, :, b_old:, :, :t].zero_()
-            positions = torch.cat([positions, joined.positions])
-        spare = self.cache if list(self.cache.shape) == shape else None
+        shape = self.shape
+        shape[1] = padded_rows(positions.numel())
+        if self.room is not None and shape[3] > bucket(max(self.room, t, 1), SPAN_BUCKET):
+            shape[3] = bucket(max(self.room, t, 1), SPAN_BUCKET)  # longer sentences left: give the room back
+        same = self.shape == shape
+        spare = self.spare if self.spare is not None and list(self.spare.shape) == shape else None
+        cache = []
+        for layer in range(len(self.cache)):
+            target = spare if spare is not None else self.cache[layer].new_empty(shape)
+            # straight into the target (no temporary): half the time of `target[...] = x.index_select(...)` here
+            torch.index_select(self.cache[layer][..., :t, :], 1, idx, out=target[:, :b_old, :, :t, :])
+            target[:, b_old:, :, :t].zero_()  # joined rows (nothing written yet) and padding rows
+            cache.append(target)
+            spare = self.cache[layer] if same else None
+            self.cache[layer] = None  # type: ignore[call-overload]
         # attention is that of the last step, read before any reorder: the new state has none until it steps
-        return DecoderState(target, positions, t, self.need_attention, None, spare, self.room)
+        return DecoderState(cache, positions, t, self.need_attention, None, spare, self.room)
 
     def make_room(self, end: int) -> None:
-        """Capacity for positions < end (doubling, up to `room`), and finite numbers there in every row."""
-        if end > self.cache.size(4):
-            capacity = max(end, 2 * self.cache.size(4))
-            if self.room is not None:
-                capacity = max(end, min(capacity, self.room))
-            grown = self.cache.new_empty(*self.cache.shape[:4], capacity, self.cache.size(5))
-            grown[..., :self.filled, :] = self.cache[..., :self.filled, :]
-            self.cache, self.spare = grown, None
+        """Capacity for positions < end, and finite numbers there in every row."""
+        if end > self.shape[3]:
+            for layer, old in enumerate(self.cache):
+                self.cache[layer] = old.new_empty(*old.shape[:3], end, old.size(4))
+                self.cache[layer][..., :self.filled, :] = old[..., :self.filled, :]
+            self.spare = None
         if end > self.filled:
-            self.cache[..., self.filled:end, :].zero_()
+            for layer in self.cache:
+                layer[..., self.filled:end, :].zero_()
             self.filled = end
-
-
-ROW_BUCKET = 16  # decode_step pads its rows to a multiple of this (see there)
 
 
 class Transformer(nn.Module):
@@ -199,40 +246,44 @@ class Transformer(nn.Module):
 
     def init_state(self, memory: Memory, max_len: int = 64, need_attention: bool = False) -> DecoderState:
         """Empty caches for the rows of `memory`, at position 0, with room for min(max_len, 32) steps; the room
-        doubles when decoding goes further. Positions at or after `filled` are never read, so the buffer is left
+        grows when decoding goes further. Positions at or after `filled` are never read, so the buffer is left
         uninitialised (zeroing it cost 5% of decoding)."""
-        b = memory.src_pad_mask.size(0)
         c, kv = self.config, memory.cross_kv[0][0]
-        cache = kv.new_empty(c.n_dec_layers, 2, b, c.n_heads, max(1, min(max_len, 32)), c.d_k)
-        return DecoderState(cache, torch.zeros(b, dtype=torch.long, device=kv.device), 0, need_attention)
+        capacity = min(bucket(max(max_len, 1), SPAN_BUCKET), 32)
+        cache = [kv.new_empty(2, kv.size(0), c.n_heads, capacity, c.d_k) for _ in range(c.n_dec_layers)]
+        return DecoderState(cache, torch.zeros(memory.rows, dtype=torch.long, device=kv.device), 0, need_attention)
 
     def decode_step(self, prev_ids: Tensor, memory: Memory, state: DecoderState) -> Tensor:
         """Advance every row by one position: prev_ids (B,) long, each row's previous output token (bos at its
         position 0). Rows may be at different positions (state.positions); each attends to its own past only.
+        `memory` and `state` may have padding rows after the B real ones (the same B' rows).
 
         Returns: log_probs (B, V) float32 for the next token; <pad> gets -inf (it is never an output).
         Updates `state` in place (its cache, positions and, if asked, attention).
         """
         positions = state.positions  # (B,)
+        b, rows = prev_ids.size(0), state.shape[1]
+        assert memory.src_pad_mask.size(0) == rows, "memory and state must have the same rows"
         first, last = int(positions.min()), int(positions.max())
-        state.make_room(last + 1)
-        # Keys past a row's own position are masked; when every row is at the same position there are none.
-        past = None if first == last else (torch.arange(last + 1, device=positions.device) <= positions[:, None])
-        # The matrix products run on B' = B rounded up to a multiple of ROW_BUCKET rows (zero rows after the real
-        # ones): a running batch changes size at every step, and oneDNN compiles and keeps a kernel with its own
-        # packed copy of the weights for every shape (the server's memory grew to 1.3 GB). A row's result does not
-        # depend on the rows after it in bf16 (bench/invariance.py), nor in fp32 at these sizes.
-        b = prev_ids.size(0)
-        y = pad_rows(self.embed.at(prev_ids, positions), -(-b // ROW_BUCKET) * ROW_BUCKET)  # (B', 1, D)
+        # The keys looked at: the positions < `span`, a multiple of SPAN_BUCKET (steady shapes, see ROW_BUCKET);
+        # each row sees those up to its own position. Padding rows are at position 0, a key of zeros.
+        span = bucket(last + 1, SPAN_BUCKET)
+        state.make_room(span)
+        past = torch.arange(span, device=positions.device) <= pad_rows(positions, rows)[:, None]  # (B', span)
+        y = pad_rows(self.embed.at(prev_ids, positions), rows)  # (B', 1, D)
         attn = []
         for i, layer in enumerate(self.decoder):
-            y, cross_w = layer.step(y, state.cache[i], positions, last, past, memory.cross_kv[i], memory.src_mask,
-                                    state.need_attention)
+            y, cross_w = layer.step(y, state.cache[i], positions, last if first == last else None, past,
+                                    memory.cross_kv[i], memory.src_mask, state.need_attention)
             attn.append(cross_w)
         state.positions = positions + 1
-        state.attention = [w[:, :, 0] for w in attn] if state.need_attention else None  # L × (B, H, S)
-        logits = self.project(self.decoder_norm(y[:, 0]))[:b]  # (B, V), <pad> at −inf
+        state.attention = [w[:b, :, 0] for w in attn] if state.need_attention else None  # L × (B, H, S)
+        logits = self.project(self.decoder_norm(y[:b, 0]))  # (B, V), <pad> at −inf
         return logits.float().log_softmax(dim=-1)
+
+    def cache_positions(self, rows: int, length: int, width: int) -> int:
+        """Rows and positions of the caches as decode_step pads them (see ROW_BUCKET); sources are not padded here."""
+        return padded_rows(rows) * (bucket(length, SPAN_BUCKET) + width)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

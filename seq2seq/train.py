@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
-from .config import ConfigError, DataConfig, ModelConfig, TrainConfig
+from .config import ConfigError
 from .data import BatchStream, DataError, read_corpora, read_corpus, tokenize
 from .evaluate import dev_bleu, dev_loss
 from .loss import label_smoothed_loss

@@ -186,9 +186,9 @@ class Translator:
             model = model.to(self.device, dtype).eval()
         self.tokenizer, self.precision, self.max_input_tokens = tokenizer, precision, max_input_tokens
         # One cache position of one row: a key and a value per decoder layer, in the activations' dtype (fp32 for
-        # int8); two buffers (the beams' reorder writes into the spare one).
+        # int8), plus one layer's spare buffer (the beams' reorder writes into it, one layer at a time).
         value_bytes = 2 if precision in ("bf16", "fp16") else 4
-        position_bytes = 2 * 2 * config.n_dec_layers * config.d_model * value_bytes
+        position_bytes = 2 * (config.n_dec_layers + 1) * config.d_model * value_bytes
         self.engine = Engine(model, self.device, max_batch_rows, int(max_cache_mb * 2 ** 20 / position_bytes),
                              share)
         self.position_bytes = position_bytes

@@ -67,6 +67,9 @@ class ScriptedModel:
         n = len(memory.sentences)
         return FakeState([()] * n, torch.zeros(n, dtype=torch.long), need_attention)
 
+    def cache_positions(self, rows, length, width):
+        return rows * (length + width)
+
     def decode_step(self, prev_ids, memory, state):
         self.rows_per_step.append(len(prev_ids))
         state.prefixes = [p + (t,) if position > 0 else p

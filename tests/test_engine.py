@@ -133,7 +133,8 @@ def test_a_failing_step_fails_its_sentences_and_the_engine_goes_on():
 
 
 class Measuring(Counting):
-    """Records rows × (cache capacity + source positions) at every step: what the batch's caches hold."""
+    """Records rows × (cache capacity + source positions) at every step: what the batch's caches hold, padding
+    rows and positions included."""
 
     def __init__(self, model):
         super().__init__(model)
@@ -141,7 +142,7 @@ class Measuring(Counting):
 
     def decode_step(self, prev_ids, memory, state):
         out = super().decode_step(prev_ids, memory, state)
-        self.positions.append(len(prev_ids) * (state.cache.size(4) + memory.src_pad_mask.size(1)))
+        self.positions.append(state.shape[1] * (state.shape[3] + memory.src_pad_mask.size(1)))
         return out
 
 

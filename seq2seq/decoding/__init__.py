@@ -72,6 +72,12 @@ class StepModel(Protocol):
         """prev_ids (B,) long -> log_probs (B, V) float32 of the next token; advances `state` in place."""
         ...
 
+    def cache_positions(self, rows: int, length: int, width: int) -> int:
+        """The most cache positions (rows × positions, self-attention and source) that a batch of `rows` rows with
+        outputs of up to `length` positions and sources of up to `width` tokens holds, the model's padding
+        included: what the engine's memory budget counts."""
+        ...
+
 
 def decode(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig,
            generator: torch.Generator | None = None, return_attention: bool = False,

@@ -108,8 +108,9 @@ class Engine:
     # ---- the outside ------------------------------------------------------------------------------------------
 
     def cost(self, sentence: Sentence) -> int:
-        """Cache positions the sentence may need: rows × (its most output positions + its source positions)."""
-        return sentence.rows * (sentence.limit + 1 + sentence.src_len)
+        """Cache positions the sentence may need alone: rows × (its most output positions + its source positions),
+        with the model's padding."""
+        return self.model.cache_positions(sentence.rows, sentence.limit + 1, source_width(sentence.src_len))
 
     def check(self, sentence: Sentence) -> Sentence:
         """Set its limit; raise TooLarge if it could not fit the budget even alone."""
@@ -183,8 +184,8 @@ class Engine:
                 new_rows, new_longest = rows + s.rows, max(longest, s.limit + 1)
                 new_widest = max(widest, s.src_len)
                 if rows and ((self.max_rows is not None and new_rows > self.max_rows) or
-                             (self.max_positions is not None and
-                              new_rows * (new_longest + new_widest) > self.max_positions)):
+                             (self.max_positions is not None and self.model.cache_positions(
+                                 new_rows, new_longest, source_width(new_widest)) > self.max_positions)):
                     break
                 joined.append(self.waiting.popleft())
                 rows, longest, widest = new_rows, new_longest, new_widest
@@ -236,7 +237,7 @@ class Engine:
             self.state.room = room  # the reorder gives back capacity past it
             self.state = self.state.reorder(rows, state_new)
             if order or not torch.equal(memory_rows, same):
-                width = max((s.src_len for s in self.live), default=1)
+                width = source_width(max((s.src_len for s in self.live), default=1))
                 self.memory = self.memory.reorder(memory_rows, memory_new, width)
         self.reorder = None
         for key, sentences in by_search.items():
@@ -260,8 +261,12 @@ class Engine:
     def _encode(self, sentences: list[Sentence]):
         """The encoder memory of the joining sentences, one row per decoder row they need."""
         pad = self.model.pad_id
-        width = -(-max(s.src_len for s in sentences) // 8) * 8  # fewer shapes for the kernels to compile and keep
-        src = torch.full((len(sentences), width), pad, dtype=torch.long)
+        width = source_width(max(s.src_len for s in sentences))
+        # Sentences too are padded, to 1, 2, 4, 8, then a multiple of 8 (sources of one </s>, dropped after):
+        # each (sentences, width) is a shape of the encoder's attention products, and a kernel kept in memory.
+        n = len(sentences)
+        src = torch.full((n if n <= 2 else 4 if n <= 4 else -(-n // 8) * 8, width), pad, dtype=torch.long)
+        src[n:, 0] = self.model.eos_id
         for i, s in enumerate(sentences):
             src[i, :s.src_len] = torch.tensor(s.src)
         src = src.to(self.device)
@@ -303,6 +308,11 @@ class Engine:
         self.searches, self.where, self.live = {}, {}, []
         self.memory = self.state = self.reorder = None
         self.n_rows = 0
+
+
+def source_width(n: int) -> int:
+    """Sources are padded to a multiple of 8 tokens: fewer shapes for the kernels to compile and keep."""
+    return -(-n // 8) * 8
 
 
 def _rows(ranges: list[tuple[int, int]], device: torch.device) -> slice | Tensor:
