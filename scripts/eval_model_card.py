@@ -21,6 +21,9 @@ TEST_SETS = {  # name in the card -> corpus prefix (none of the held-out sets)
     "Multi30k test_2017_flickr": DATA / "multi30k" / "test_2017_flickr",
     "Tatoeba test v2021-08-07": DATA / "tatoeba" / "test_v2021-08-07",
     "WMT newstest2013": DATA / "wmt_news" / "newstest2013",
+    "FLORES-200 devtest": DATA / "flores200" / "devtest",
+    "NTREX-128 (newstest2019)": DATA / "ntrex128" / "newstest2019",
+    "TICO-19 test": DATA / "tico19" / "test",
 }
 
 CHECK_SET, CHECK_SENTENCES = "Multi30k test_2016_flickr", 100  # the slice of the quick check
