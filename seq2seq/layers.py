@@ -160,4 +160,3 @@ class DecoderLayer(nn.Module):
         y, cross_w = self.sub_cross(y, lambda h: self.cross_attn(h, src_mask, kv=memory_kv, need_weights=need_weights))
         y, _ = self.sub_ffn(y, lambda h: (self.ffn(h), None))
         return y, cross_w
-

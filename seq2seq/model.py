@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .attention import pad_rows
 from .config import ModelConfig
 from .layers import DecoderLayer, Embedding, EncoderLayer
 
@@ -35,6 +34,11 @@ SPAN_BUCKET = 16  # self-attention keys
 
 def padded_rows(n: int) -> int:
     return 4 if n <= 4 else 8 if n <= 8 else bucket(n, ROW_BUCKET)
+
+
+def pad_rows(x: Tensor, n: int) -> Tensor:
+    """x (B, ...) followed by zero rows up to n rows."""
+    return x if x.size(0) == n else torch.cat([x, x.new_zeros(n - x.size(0), *x.shape[1:])])
 
 
 @dataclass
@@ -60,30 +64,33 @@ class Memory:
         padded with masked zeros. width: the longest source of the kept rows, if known: the padding beyond it (left
         by longer sentences that have gone) is dropped. Each layer's old keys and values are let go as soon as they
         are copied (half the peak memory), so do not use this memory afterwards."""
-        kept = idx.numel()
+        kept, new = idx.numel(), 0 if joined is None else joined.rows
         w = self.src_pad_mask.size(1) if width is None else min(width, self.src_pad_mask.size(1))
-        parts = [(kept, w)] + ([] if joined is None else [(joined.rows, joined.src_pad_mask.size(1))])
-        n, s = sum(rows for rows, _ in parts), max(width for _, width in parts)
+        jw = 0 if joined is None else joined.src_pad_mask.size(1)  # the joining sources' width
+        n, s = kept + new, max(w, jw)
         n_pad = padded_rows(n)
         mask = self.src_pad_mask.new_ones(n_pad, s)  # True = padding ...
         mask[n:] = False  # ... except in the padding rows, whose (zero) keys are all attended: no empty softmax
         torch.index_select(self.src_pad_mask[:, :w], 0, idx, out=mask[:kept, :w])
         if joined is not None:
-            mask[kept:n, :parts[1][1]] = joined.src_pad_mask[:joined.rows]
+            mask[kept:n, :jw] = joined.src_pad_mask[:new]
+
+        def place(x: Tensor, joining: Tensor | None) -> Tensor:
+            """Keys or values (B, H, S, d_k): rows idx of x, then the joining rows, then zero rows; zeros past each
+            source's width."""
+            out = x.new_empty(n_pad, x.size(1), s, x.size(3))  # (B', H, S, d_k)
+            torch.index_select(x[:, :, :w], 0, idx, out=out[:kept, :, :w])
+            out[:kept, :, w:].zero_()
+            if joining is not None:
+                out[kept:n, :, :jw] = joining[:new]
+                out[kept:n, :, jw:].zero_()
+            out[n:].zero_()
+            return out
+
         kv = []
         for layer, (k, v) in enumerate(self.cross_kv):
-            pair = []
-            for i, x in enumerate((k, v)):
-                out = x.new_empty(n_pad, x.size(1), s, x.size(3))  # (B', H, S, d_k)
-                torch.index_select(x[:, :, :w], 0, idx, out=out[:kept, :, :w])
-                out[:kept, :, w:].zero_()
-                if joined is not None:
-                    jw = parts[1][1]
-                    out[kept:n, :, :jw] = joined.cross_kv[layer][i][:joined.rows]
-                    out[kept:n, :, jw:].zero_()
-                out[n:].zero_()
-                pair.append(out)
-            kv.append((pair[0], pair[1]))
+            jk, jv = (None, None) if joined is None else joined.cross_kv[layer]
+            kv.append((place(k, jk), place(v, jv)))
             self.cross_kv[layer] = None  # type: ignore[call-overload]
         return Memory(mask, kv, n)
 
