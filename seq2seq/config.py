@@ -186,6 +186,9 @@ class TrainConfig(_DictMixin):
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall-clock time; 0 = no limit
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    # Continued training (fairseq's --restore-file with --reset-dataloader): a new run starts from this checkpoint's
+    # weights, tokenizer, optimizer, schedule, step and clock (so max_minutes counts both runs), on its own data.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):

@@ -62,6 +62,7 @@ class Run:
         # fp16 (CUDA) needs loss scaling against underflow; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.step, self.best_bleu, self.bad_evals, self.elapsed = 0, -1.0, 0, 0.0
+        self.continued_from: str | None = None  # train.init_from, in the first sitting of a continued run
         if resume:
             self._restore(resume)
         self.net = torch.compile(self.model) if t.compile else self.model
@@ -195,6 +196,24 @@ def _sections(args: argparse.Namespace, resume: dict | None) -> dict:
     return merge(file_sections, args)
 
 
+def _start(sections: dict) -> dict | None:
+    """The checkpoint a new run continues from (train.init_from), whose model it keeps: the run's model section must
+    be empty or the same."""
+    path = sections["train"].get("init_from")
+    if not path:
+        return None
+    start = ckpt.load(Path(path).expanduser())
+    if not {"optimizer", "scheduler", "state"} <= set(start):
+        raise ConfigError(f"train.init_from needs a step checkpoint (checkpoint_*.pt) with its optimizer; {path} is "
+                          "an exported or averaged model")
+    saved = {k: v for k, v in start["configs"]["model"].items() if k != "vocab_size"}
+    differ = sorted(k for k, v in sections["model"].items() if saved.get(k) != v)
+    if differ:
+        raise ConfigError(f"train.init_from keeps the model of {path}; these model settings differ: {', '.join(differ)}")
+    sections["model"] = saved
+    return start
+
+
 class Logger:
     """Every metric as one JSON line in OUT/log.jsonl (rank 0 only)."""
 
@@ -251,7 +270,9 @@ def train(run: Run) -> dict:
     next step boundary and an early return (no averaging: the run is not over). Returns the last metrics."""
     t, out, main = run.train_cfg, run.out, run.rank == 0
     logger = Logger(out / "log.jsonl", main)
-    if run.step:
+    if run.continued_from:
+        logger.write({"step": run.step, "event": "continued", "from": run.continued_from})
+    elif run.step:
         logger.write({"step": run.step, "event": "resumed"})
     bar = tqdm(total=t.max_steps, initial=run.step, disable=not main or None, dynamic_ncols=True)
     last, window, tic, stop, interrupted = {}, [], time.perf_counter(), False, False
@@ -373,7 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         latest = latest_checkpoint(out)
         resume = ckpt.load(latest) if latest else None
-        run = Run(out, _sections(args, resume), resume)
+        sections = _sections(args, resume)
+        start = None if resume else _start(sections)
+        run = Run(out, sections, resume or start)
+        if start:
+            run.best_bleu, run.bad_evals = -1.0, 0  # a new run: its own best.pt and patience, on its own data
+            run.continued_from = sections["train"]["init_from"]
+            log.info("continuing %s from step %d on this run's data", sections["train"]["init_from"], run.step)
         if resume:
             recorded = resume["state"]["step"]
             if run.step != recorded:

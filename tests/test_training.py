@@ -287,3 +287,31 @@ def test_checkpoint_save_fsyncs_the_file_before_the_rename_then_the_directory(tm
     file_ino, dir_ino = (tmp_path / "m.pt").stat().st_ino, tmp_path.stat().st_ino
     assert calls == [("fsync", "file", file_ino), ("replace", "file", file_ino), ("fsync", "dir", dir_ino)]
     assert torch.equal(torch.load(tmp_path / "m.pt")["model"]["w"], torch.ones(3))
+
+
+def test_init_from_continues_weights_step_and_clock_on_new_data(tmp_path, copy_corpus, capsys):
+    cfg = tiny_config(tmp_path, copy_corpus, max_steps=20, eval_every=0, save_every=10)
+    assert train_main(["--config", cfg, "--out", str(tmp_path / "base")]) == 0
+    start = str(tmp_path / "base" / "checkpoint_00000010.pt")
+    # On the same data, continuing from step 10 is the uninterrupted run: weights, Adam, schedule and data position.
+    assert train_main(["--config", cfg, "--out", str(tmp_path / "same"), "--init-from", start]) == 0
+    a = ckpt.load(tmp_path / "base" / "checkpoint_00000020.pt")
+    b = ckpt.load(tmp_path / "same" / "checkpoint_00000020.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert sorted(records(tmp_path / "same")) == [15, 20]
+    assert events(tmp_path / "same")[0] == {"step": 10, "event": "continued", "from": start}
+    assert b["state"]["elapsed"] > ckpt.load(start)["state"]["elapsed"]  # max_minutes counts both runs
+    # On other data: the run records its own corpus, and resumes from its own checkpoints afterwards.
+    args = ["--config", cfg, "--out", str(tmp_path / "more"), "--init-from", start, "--train", copy_corpus["dev"]]
+    assert train_main(args) == 0
+    more = ckpt.load(tmp_path / "more" / "checkpoint_00000020.pt")
+    assert more["configs"]["data"]["train"] == [copy_corpus["dev"]] and more["tokenizer"] == a["tokenizer"]
+    assert not torch.equal(more["model"]["embed.tokens.weight"], a["model"]["embed.tokens.weight"])
+    assert train_main([*args, "--max-steps", "25"]) == 0
+    assert sorted(records(tmp_path / "more")) == [15, 20, 25]
+    # init_from keeps the model, and needs a step checkpoint with its optimizer.
+    code = train_main(["--config", cfg, "--out", str(tmp_path / "wide"), "--init-from", start, "--d-model", "64"])
+    assert code == 2 and "these model settings differ: d_model" in capsys.readouterr().err
+    ckpt.save(tmp_path / "weights.pt", {k: a[k] for k in ("model", "configs", "tokenizer")})
+    code = train_main(["--config", cfg, "--out", str(tmp_path / "w"), "--init-from", str(tmp_path / "weights.pt")])
+    assert code == 2 and "needs a step checkpoint" in capsys.readouterr().err
