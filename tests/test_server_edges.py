@@ -223,3 +223,12 @@ def test_api_keys_guard_the_stream_too(translator):
         server.stop(grace=0)
     expected = translator.translate(["ba ce", "ka"])
     assert sorted((r.index, r.result.text) for r in replies) == [(0, expected[0].text), (1, expected[1].text)]
+
+
+def test_the_server_limits_malloc_arenas_at_start_unless_the_environment_does(monkeypatch):
+    from server.__main__ import few_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert few_malloc_arenas() is False  # the user's setting stands
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert few_malloc_arenas() is (sys.platform == "linux")  # glibc's mallopt accepted it
