@@ -36,8 +36,8 @@ MIXED = [BEAM, BEAM, {"beam_size": 1}, {"sample": True, "seed": 1, "top_k": 10}]
 
 
 def start_server(model: str, threads: int, precision: str, batching: bool,
-                 device: str = "cpu") -> tuple[subprocess.Popen, int]:
-    env = dict(os.environ, SEQ2SEQ_MODEL=model, SEQ2SEQ_DEVICE=device, SEQ2SEQ_PORT="0", SEQ2SEQ_HOST="127.0.0.1", SEQ2SEQ_METRICS_PORT="-1",
+                 device: str = "cpu", extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    env = dict(os.environ, **(extra_env or {}), SEQ2SEQ_MODEL=model, SEQ2SEQ_DEVICE=device, SEQ2SEQ_PORT="0", SEQ2SEQ_HOST="127.0.0.1", SEQ2SEQ_METRICS_PORT="-1",
                SEQ2SEQ_THREADS=str(threads), SEQ2SEQ_PRECISION=precision, SEQ2SEQ_BATCHING=str(batching).lower(),
                SEQ2SEQ_MAX_QUEUE="100", SEQ2SEQ_WORKERS="200")
     proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -126,7 +126,11 @@ def main() -> None:
     p.add_argument("--precision", default="auto")
     p.add_argument("--device", default="cpu", help="the server's and offline decoding's (cuda: `make gpu-check`)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="environment of the server processes only (e.g. OMP_WAIT_POLICY=PASSIVE)")
+    p.add_argument("--only-c32", action="store_true", help="offline, then C = 32 only (a quick comparison)")
     args = p.parse_args()
+    server_env = dict(item.split("=", 1) for item in args.server_env)
     with gzip.open(args.data, "rt", encoding="utf-8") as f:
         sentences = [line.strip() for line in f if line.strip()]
     out: dict = {}
@@ -139,9 +143,14 @@ def main() -> None:
         return {"concurrency": c, "requests": len(lat), "sentences_per_s": len(lat) / wall,
                 "p50_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}, texts
 
-    proc, port = start_server(args.model, args.threads, precision, True, args.device)
+    proc, port = start_server(args.model, args.threads, precision, True, args.device, server_env)
     try:
         load(port, sentences[-50:], 4, 50)  # warm-up
+        if args.only_c32:
+            out["c32"], _ = measure(port, 32, args.requests)
+            out["c32"]["vs_offline"] = out["c32"]["sentences_per_s"] / rate
+            print(json.dumps(out, indent=2))
+            return
         out["c1"], _ = measure(port, 1, min(args.requests, 200))
         out["c32"], _ = measure(port, 32, args.requests)
         out["mixed_c32"], _ = measure(port, 32, args.requests, lambda i: MIXED[i % 4])
@@ -157,7 +166,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(30)
-    proc, port = start_server(args.model, args.threads, precision, False, args.device)
+    proc, port = start_server(args.model, args.threads, precision, False, args.device, server_env)
     try:
         load(port, sentences[-50:], 4, 50)
         out["c32_no_batching"], _ = measure(port, 32, min(args.requests, 256))

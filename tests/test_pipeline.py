@@ -1,5 +1,5 @@
 """scripts/train_default.sh end to end, tiny: carve dev, en→fr, back-translation, fr→en with the synthetic corpus,
-export. Each stage must leave what the next one reads; a rerun skips every stage."""
+fr→en continued on the real pairs, export. Each stage must leave what the next one reads; a rerun skips every stage."""
 import gzip
 import json
 import os
@@ -55,6 +55,7 @@ def pipeline(tmp_path_factory) -> dict:
                                                                       str(runs / "data" / "tatoeba_train")], 400,
                                dev=str(runs / "data" / "tatoeba_dev")),
            "CONFIG_FRENF": tiny(tmp / "fr-en-tiny.yaml", "fr", "en", frenf_train, 200),
+           "CONFIG_FT": tiny(tmp / "fr-en-ft-tiny.yaml", "fr", "en", frenf_train[:2], 300),
            "DEV_SIZE": "20", "BT_LIMIT": str(BT_LIMIT), "BT_ARGS": "--beam-size 2", "EVAL": "0",
            "OMP_NUM_THREADS": "1"}
     first = subprocess.run(["bash", "scripts/train_default.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -110,11 +111,25 @@ def test_fr_en_stage_trains_on_the_tagged_synthetic_corpus(pipeline):
 
 
 @pytest.mark.slow
+def test_continued_stage_starts_from_the_last_fr_en_checkpoint_on_the_real_pairs(pipeline):
+    runs = pipeline["runs"]
+    payload = ckpt.load(runs / "fr-en-ft-tiny" / "averaged.pt")
+    assert payload["configs"]["data"]["train"] == [{"path": pipeline["frenf_train"][0]["path"], "weight": 2.0,
+                                                    "synthetic": False}, pipeline["frenf_train"][1]]
+    assert payload["tokenizer"] == ckpt.load(runs / "fr-en-tiny" / "averaged.pt")["tokenizer"]
+    events = [r for r in map(json.loads, (runs / "fr-en-ft-tiny" / "log.jsonl").read_text().splitlines())
+              if "event" in r]
+    assert events[0] == {"step": 200, "event": "continued",
+                         "from": str(runs / "fr-en-tiny" / "checkpoint_00000200.pt")}
+    assert sorted(payload["averaged"]) == [str(runs / "fr-en-ft-tiny" / f"checkpoint_{s:08d}.pt") for s in (250, 300)]
+
+
+@pytest.mark.slow
 def test_exported_model_loads_and_translates(pipeline):
     out = pipeline["out"]
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "spm.model"]
     exported, tok = ckpt.load_model(out)
-    trained, _ = ckpt.load_model(pipeline["runs"] / "fr-en-tiny" / "averaged.pt")
+    trained, _ = ckpt.load_model(pipeline["runs"] / "fr-en-ft-tiny" / "averaged.pt")
     src = torch.tensor([tok.encode("ba ce di fo") + [0]])
     tgt = torch.tensor([[tok.pad_id] + tok.encode("ba ce")])
     with torch.no_grad():  # the same network, in fp16 weights (<pad> is -inf in both)
@@ -122,14 +137,14 @@ def test_exported_model_loads_and_translates(pipeline):
                                    rtol=0)
     sentences, greedy = ["ba ce di fo", "ka ge da bu"], DecodeConfig(beam_size=1)
     shipped = [t.text for t in Translator.from_checkpoint(out, device="cpu").translate(sentences, greedy)]
-    run = [t.text for t in Translator.from_checkpoint(pipeline["runs"] / "fr-en-tiny" / "averaged.pt",
+    run = [t.text for t in Translator.from_checkpoint(pipeline["runs"] / "fr-en-ft-tiny" / "averaged.pt",
                                                       device="cpu").translate(sentences, greedy)]
     assert shipped == run and all(shipped), shipped
 
 
 @pytest.mark.slow
 def test_every_stage_is_timed_and_a_rerun_skips_them_all(pipeline):
-    stages = ["carve", "en-fr", "bt", "fr-en", "export"]
+    stages = ["carve", "en-fr", "bt", "fr-en", "fr-en-ft", "export"]
     first = [line.split("\t") for line in pipeline["times"].splitlines()]
     assert [f[1] for f in first] == stages and all(f[2].endswith(" s") and float(f[2][:-2]) > 0 for f in first)
     rerun = [line.split("\t") for line in pipeline["rerun_times"].splitlines()]

@@ -47,26 +47,33 @@ def bleu(translator: Translator, sources: list[str], references: list[str], conf
     return score([t.text for t in translator.translate(sources, config)], references)["bleu"]
 
 
-# Lines 1, 5, 10, 13, 23 and 28 of test_2016_flickr.fr.gz, then two everyday sentences; default decoding (beam 4,
+# Lines 1, 5, 10, 13, 23 and 28 of test_2016_flickr.fr.gz, then three everyday sentences; default decoding (beam 4,
 # α = 0.6), fp32. Pinned from one run, each checked by hand to be a good translation.
 EXPECTED = {
     "Un homme avec un chapeau orange regardant quelque chose.": "A man in an orange hat looking at something.",
-    "Des gens réparent le toit d'une maison.": "People fix the roof of a house.",
+    "Des gens réparent le toit d'une maison.": "People are fixing the roof of a house.",
     "Un homme en gilet est assis dans une chaise et tient des magazines.":
         "A man in a vest is sitting in a chair and holding magazines.",
     "Une femme tenant un plat de nourriture dans une cuisine.": "A woman holding a dish of food in a kitchen.",
     "Une femme fait un saut périlleux sur un trampoline sur la plage.":
-        "A woman is doing a flip on a trampoline on the beach.",
+        "A woman does a flip on a trampoline on the beach.",
     "Un groupe de garçons asiatiques attendent que la viande soit cuite sur le barbecue.":
-        "A group of Asian boys wait for meat to be cooked on the barbecue.",
-    "Bonjour tout le monde !": "Good morning, everyone.",
+        "A group of Asian boys wait for meat to cook on the grill.",
     "Je voudrais un café, s'il vous plaît.": "I'd like a coffee, please.",
+    "Où est la gare ?": "Where's the station?",
+    "Je ne sais pas.": "I don't know.",
 }
 
 
 def test_sentences_translate_to_their_pinned_english(fp32):
     translations = fp32.translate(list(EXPECTED))
     assert {source: t.text for source, t in zip(EXPECTED, translations)} == EXPECTED
+
+
+@pytest.mark.xfail(strict=True, reason="known weakness of this model (its card): its vocabulary cuts 'Bonjour' into "
+                   "four pieces, and 'Bonjour tout le monde !' comes out as 'Bring everyone.'")
+def test_greetings(fp32):
+    assert fp32.translate(["Bonjour tout le monde !"])[0].text == "Good morning, everyone."
 
 
 @pytest.mark.slow
@@ -80,12 +87,11 @@ def test_reproduces_the_bleu_check_of_its_card(fp32):
     assert abs(ours - check["value"]) <= 0.5, f"BLEU {ours} on the first 100 sentences, the card says {check['value']}"
 
 
-# BLEU(precision) - BLEU(fp32), measured on this model (CPU with AVX512-BF16, one thread). 100 sentences are too
-# noisy for 0.3: the ten 100-sentence slices of the set differed by -0.43 to +0.44, and the first 100 by -0.10 or
-# +0.05 depending on what else was in the batch. 200-sentence slices: -0.19 to +0.23. 300-sentence slices: 0.00,
-# +0.02, +0.10, and the first 300 translated on their own (as here): 48.58 - 48.47 = +0.11. Hence the first 300
-# (about 12 s in fp32, 6 s in bf16).
-SLICE = 300
+# BLEU(precision) - BLEU(fp32) on the whole of test_2016_flickr (1,000 sentences; about 40 s in fp32 on one
+# thread, 20 s in bf16 or int8). Slices are too noisy for 0.3. The previous model: the ten 100-sentence slices
+# differed by -0.43 to +0.44, 300-sentence slices by 0.00 to +0.11. This model in int8 (86 of the 1,000
+# translations differ from fp32): -0.65 on the first 300 sentences, -0.15 on all 1,000 (53.25 against 53.40).
+SLICE = 1000
 PRECISIONS = ["bf16", "int8"]
 
 

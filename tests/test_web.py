@@ -519,11 +519,12 @@ async def test_a_translation_comes_back_through_the_real_server(real_server):
     async with gateway(server=[f"127.0.0.1:{real_server.port}"]) as rig:
         assert await post(rig, "/translate", json={"q": "Des gens réparent le toit d'une maison.", "source": "fr",
                                                    "target": "en"}) == \
-            (200, {"translatedText": "People fix the roof of a house."})
+            (200, {"translatedText": "People are fixing the roof of a house."})
         html = {"q": "<p>Des gens réparent le <b>toit</b> d'une maison.</p>", "source": "fr", "target": "en",
                 "format": "html"}
+        # The tag follows the cross-attention of the shipped model, which puts "the" with "toit" too.
         assert await post(rig, "/translate", json=html) == \
-            (200, {"translatedText": "<p>People fix the <b>roof</b> of a house.</p>"})
+            (200, {"translatedText": "<p>People are fixing <b>the roof</b> of a house.</p>"})
         status, info = await get(rig, "/api/v1/info")
         assert (status, info["source_language"], info["target_language"]) == (200, "fr", "en")
         assert await get(rig, "/readyz") == (200, {"ready": True,
