@@ -128,13 +128,17 @@ def main() -> None:
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",
                    help="environment of the server processes only (e.g. OMP_WAIT_POLICY=PASSIVE)")
-    p.add_argument("--only-c32", action="store_true", help="offline, then C = 32 only (a quick comparison)")
+    p.add_argument("--only", choices=["c32", "memory"],
+                   help="a quick comparison: offline and C = 32 only, or the memory run only")
     args = p.parse_args()
     server_env = dict(item.split("=", 1) for item in args.server_env)
     with gzip.open(args.data, "rt", encoding="utf-8") as f:
         sentences = [line.strip() for line in f if line.strip()]
     out: dict = {}
-    rate, precision = offline(args.model, sentences, args.threads, args.precision, args.device)
+    if args.only == "memory":
+        rate, precision = float("nan"), args.precision
+    else:
+        rate, precision = offline(args.model, sentences, args.threads, args.precision, args.device)
     out["offline"] = {"sentences_per_s": rate, "precision": precision}
     print(json.dumps(out), flush=True)
 
@@ -146,9 +150,14 @@ def main() -> None:
     proc, port = start_server(args.model, args.threads, precision, True, args.device, server_env)
     try:
         load(port, sentences[-50:], 4, 50)  # warm-up
-        if args.only_c32:
+        if args.only == "c32":
             out["c32"], _ = measure(port, 32, args.requests)
             out["c32"]["vs_offline"] = out["c32"]["sentences_per_s"] / rate
+            print(json.dumps(out, indent=2))
+            return
+        if args.only == "memory":
+            load(port, sentences, 64, args.memory_requests)
+            out["memory"] = {"requests": args.memory_requests, "server_peak_rss_mb": peak_rss_mb(proc.pid)}
             print(json.dumps(out, indent=2))
             return
         out["c1"], _ = measure(port, 1, min(args.requests, 200))
