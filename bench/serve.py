@@ -38,7 +38,7 @@ MIXED = [BEAM, BEAM, {"beam_size": 1}, {"sample": True, "seed": 1, "top_k": 10}]
 
 def start_server(model: str, threads: int, precision: str, batching: bool,
                  device: str = "cpu", extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
-    env = dict(os.environ, **(extra_env or {}), SEQ2SEQ_MODEL=model, SEQ2SEQ_DEVICE=device, SEQ2SEQ_PORT="0", SEQ2SEQ_HOST="127.0.0.1", SEQ2SEQ_METRICS_PORT="-1",
+    env = dict({**os.environ, **(extra_env or {})}, SEQ2SEQ_MODEL=model, SEQ2SEQ_DEVICE=device, SEQ2SEQ_PORT="0", SEQ2SEQ_HOST="127.0.0.1", SEQ2SEQ_METRICS_PORT="-1",
                SEQ2SEQ_THREADS=str(threads), SEQ2SEQ_PRECISION=precision, SEQ2SEQ_BATCHING=str(batching).lower(),
                SEQ2SEQ_MAX_QUEUE="100", SEQ2SEQ_WORKERS="200")
     proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -117,6 +117,19 @@ def offline(model: str, sentences: list[str], threads: int, precision: str, devi
     return float(out[0]), out[1]
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def name_value(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name or name.startswith("SEQ2SEQ_"):
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, NAME not a SEQ2SEQ_ setting of the bench: {item!r}")
+    return name, value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
@@ -127,13 +140,14 @@ def main() -> None:
     p.add_argument("--precision", default="auto")
     p.add_argument("--device", default="cpu", help="the server's and offline decoding's (cuda: `make gpu-check`)")
     p.add_argument("--json", help="also write the results here")
-    p.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",
+    p.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE", type=name_value,
                    help="environment of the server processes only (e.g. OMP_WAIT_POLICY=PASSIVE)")
-    p.add_argument("--rounds", type=int, default=1, help="with --only c32: alternating rounds, median ratio")
+    p.add_argument("--rounds", type=positive, default=1, metavar="N",
+                   help="with --only c32: alternating rounds, median ratio")
     p.add_argument("--only", choices=["c32", "memory"],
                    help="a quick comparison: offline and C = 32 only, or the memory run only")
     args = p.parse_args()
-    server_env = dict(item.split("=", 1) for item in args.server_env)
+    server_env = dict(args.server_env)
     with gzip.open(args.data, "rt", encoding="utf-8") as f:
         sentences = [line.strip() for line in f if line.strip()]
     out: dict = {}
@@ -165,13 +179,11 @@ def main() -> None:
                 print(json.dumps(rounds[-1]), flush=True)
             out["c32_rounds"] = rounds
             out["median_vs_offline"] = statistics.median(r["vs_offline"] for r in rounds)
-            print(json.dumps(out, indent=2))
-            return
+            return finish(out, args.json)
         if args.only == "memory":
             load(port, sentences, 64, args.memory_requests)
             out["memory"] = {"requests": args.memory_requests, "server_peak_rss_mb": peak_rss_mb(proc.pid)}
-            print(json.dumps(out, indent=2))
-            return
+            return finish(out, args.json)
         out["c1"], _ = measure(port, 1, min(args.requests, 200))
         out["c32"], _ = measure(port, 32, args.requests)
         out["mixed_c32"], _ = measure(port, 32, args.requests, lambda i: MIXED[i % 4])
@@ -199,9 +211,13 @@ def main() -> None:
                      "p99_limit_ms": 1000 * 1.5 * 32 / rate, "p99_ms": c32["p99_ms"],
                      "c32_vs_no_batching": c32["sentences_per_s"] / out["c32_no_batching"]["sentences_per_s"],
                      "mixed_vs_single": out["mixed_c32"]["sentences_per_s"] / c32["sentences_per_s"]}
+    finish(out, args.json)
+
+
+def finish(out: dict, path: str | None) -> None:
     print(json.dumps(out, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    if path:
+        Path(path).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -88,8 +88,8 @@ stage fr-en "$RUN_FRENF/averaged.pt" "$PY" -m seq2seq.train --config "$CONFIG_FR
 
 # From the last checkpoint of stage 4 (its weights, Adam state, schedule and clock); once the stage has a checkpoint
 # of its own, the same command resumes from that instead.
-stage fr-en-ft "$RUN_FT/averaged.pt" bash -c '"$0" -m seq2seq.train --config "$1" --out "$2" --init-from "$(
-  ls "$3"/checkpoint_*.pt | tail -1)"' "$PY" "$CONFIG_FT" "$RUN_FT" "$RUN_FRENF"
+stage fr-en-ft "$RUN_FT/averaged.pt" bash -c 'set -euo pipefail; last=$(ls "$3"/checkpoint_*.pt | tail -1)
+  "$0" -m seq2seq.train --config "$1" --out "$2" --init-from "$last"' "$PY" "$CONFIG_FT" "$RUN_FT" "$RUN_FRENF"
 
 stage export "$OUT/model.safetensors" \
   "$PY" -m seq2seq.export --model "$RUN_FT/averaged.pt" --format seq2seq --out "$OUT"

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
-from .config import ConfigError
+from .config import ConfigError, TrainConfig
 from .data import BatchStream, DataError, read_corpora, read_corpus, tokenize
 from .evaluate import dev_bleu, dev_loss
 from .loss import label_smoothed_loss
@@ -102,7 +102,8 @@ class Run:
         now = self.world * self.train_cfg.accum_steps
         if saved is not None and saved != now:
             raise ConfigError(f"this run took {saved} micro-batches per step (processes × accum_steps) and would "
-                              f"now take {now}: resume with the same product, or start a new --out")
+                              f"now take {now}: resume (or continue with init_from) with the same product, or "
+                              "train from scratch in a new --out")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -200,12 +201,20 @@ def _start(sections: dict) -> dict | None:
     """The checkpoint a new run continues from (train.init_from), whose model it keeps: the run's model section must
     be empty or the same."""
     path = sections["train"].get("init_from")
-    if not path:
+    if path is None:
         return None
+    if not str(path).strip():
+        raise ConfigError("train.init_from is empty: give a step checkpoint (checkpoint_*.pt)")
     start = ckpt.load(Path(path).expanduser())
     if not {"optimizer", "scheduler", "state"} <= set(start):
         raise ConfigError(f"train.init_from needs a step checkpoint (checkpoint_*.pt) with its optimizer; {path} is "
                           "an exported or averaged model")
+    train = TrainConfig.from_dict(sections["train"])
+    step, minutes = start["state"]["step"], start["state"]["elapsed"] / 60
+    if step >= train.max_steps or (train.max_minutes and minutes >= train.max_minutes):
+        raise ConfigError(f"{path} already stands at step {step} after {minutes:.1f} minutes: max_steps "
+                          f"({train.max_steps}) and max_minutes ({train.max_minutes:g}) count from the start of that "
+                          "run, so raise them")
     saved = {k: v for k, v in start["configs"]["model"].items() if k != "vocab_size"}
     differ = sorted(k for k, v in sections["model"].items() if saved.get(k) != v)
     if differ:

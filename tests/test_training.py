@@ -300,7 +300,7 @@ def test_init_from_continues_weights_step_and_clock_on_new_data(tmp_path, copy_c
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert sorted(records(tmp_path / "same")) == [15, 20]
     assert events(tmp_path / "same")[0] == {"step": 10, "event": "continued", "from": start}
-    assert b["state"]["elapsed"] > ckpt.load(start)["state"]["elapsed"]  # max_minutes counts both runs
+    assert records(tmp_path / "same")[15]["elapsed_s"] > ckpt.load(start)["state"]["elapsed"]  # the clock went on
     # On other data: the run records its own corpus, and resumes from its own checkpoints afterwards.
     args = ["--config", cfg, "--out", str(tmp_path / "more"), "--init-from", start, "--train", copy_corpus["dev"]]
     assert train_main(args) == 0
@@ -309,9 +309,15 @@ def test_init_from_continues_weights_step_and_clock_on_new_data(tmp_path, copy_c
     assert not torch.equal(more["model"]["embed.tokens.weight"], a["model"]["embed.tokens.weight"])
     assert train_main([*args, "--max-steps", "25"]) == 0
     assert sorted(records(tmp_path / "more")) == [15, 20, 25]
+    assert [(e["step"], e["event"]) for e in events(tmp_path / "more")] == [(10, "continued"), (20, "resumed")]
     # init_from keeps the model, and needs a step checkpoint with its optimizer.
     code = train_main(["--config", cfg, "--out", str(tmp_path / "wide"), "--init-from", start, "--d-model", "64"])
     assert code == 2 and "these model settings differ: d_model" in capsys.readouterr().err
     ckpt.save(tmp_path / "weights.pt", {k: a[k] for k in ("model", "configs", "tokenizer")})
     code = train_main(["--config", cfg, "--out", str(tmp_path / "w"), "--init-from", str(tmp_path / "weights.pt")])
     assert code == 2 and "needs a step checkpoint" in capsys.readouterr().err
+    # A missing or empty path, or a checkpoint already past the run's limits: one line and exit status 2.
+    for bad, message in ((str(tmp_path / "none.pt"), "checkpoint not found"), ("", "train.init_from is empty"),
+                         (str(tmp_path / "base" / "checkpoint_00000020.pt"), "already stands at step 20")):
+        code = train_main(["--config", cfg, "--out", str(tmp_path / "bad"), "--init-from", bad])
+        assert code == 2 and message in capsys.readouterr().err
