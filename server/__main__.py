@@ -20,9 +20,10 @@ SERVE_MODULES = ("grpc", "grpc_health", "grpc_reflection", "google.protobuf", "p
 
 def few_malloc_arenas(n: int = 2) -> bool:
     """glibc gives each thread that allocates its own memory arena (up to 8 per core) and keeps what is freed in it:
-    with a gRPC handler thread per request, the server's peak grew by ~20 MB over 10,000 requests at C = 64
-    (docs/benchmarks.md). Two arenas, as MALLOC_ARENA_MAX=2 would set, unless the environment sets its own. Must run
-    before other threads start; returns False where it does nothing (not glibc, or MALLOC_ARENA_MAX given)."""
+    with a gRPC handler thread per request. Two arenas, as MALLOC_ARENA_MAX=2 would set, unless the environment sets
+    its own. Measured (docs/benchmarks.md): 600 MB with the variable against 620 without, then 628 MB with this call,
+    all within what the peak varies from run to run; kept because it bounds the arenas by design. Must run before
+    other threads start; returns False where it does nothing (not glibc, or MALLOC_ARENA_MAX given)."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
     try:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..config import DecodeConfig
+from ..model import bucket
 from .beam import BeamSearch
 from .constraints import max_output_length
 from .greedy import PathSearch
@@ -265,7 +266,7 @@ class Engine:
         # Sentences too are padded, to 1, 2, 4, 8, then a multiple of 8 (sources of one </s>, dropped after):
         # each (sentences, width) is a shape of the encoder's attention products, and a kernel kept in memory.
         n = len(sentences)
-        src = torch.full((n if n <= 2 else 4 if n <= 4 else _round_up(n, 8), width), pad, dtype=torch.long)
+        src = torch.full((n if n <= 2 else 4 if n <= 4 else bucket(n, 8), width), pad, dtype=torch.long)
         src[n:, 0] = self.model.eos_id
         for i, s in enumerate(sentences):
             src[i, :s.src_len] = torch.tensor(s.src)
@@ -312,11 +313,7 @@ class Engine:
 
 def source_width(n: int) -> int:
     """Sources are padded to a multiple of 8 tokens: fewer shapes for the kernels to compile and keep."""
-    return _round_up(n, 8)
-
-
-def _round_up(n: int, size: int) -> int:
-    return -(-n // size) * size
+    return bucket(n, 8)
 
 
 def _rows(ranges: list[tuple[int, int]], device: torch.device) -> slice | Tensor:
