@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiHeadAttention, attention
+from .attention import MultiHeadAttention, step_attention
 
 
 def sinusoidal_positions(n_positions: int, d_model: int) -> Tensor:
@@ -74,7 +74,7 @@ class FeedForward(nn.Module):
         self.activation_dropout = nn.Dropout(activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.activation_dropout(F.relu(self.fc1(x))))
+        return self.fc2(self.activation_dropout(F.relu(self.fc1(x), inplace=True)))  # fc1's output is new
 
 
 class SublayerConnection(nn.Module):
@@ -133,14 +133,15 @@ class DecoderLayer(nn.Module):
         y, _ = self.sub_ffn(y, lambda h: (self.ffn(h), None))
         return y, self_w, cross_w
 
-    def step(self, y: Tensor, cache: Tensor, positions: Tensor, at: int | None, past: Tensor,
-             memory_kv: tuple[Tensor, Tensor], src_mask: Tensor,
+    def step(self, y: Tensor, cache: Tensor, positions: Tensor, at: int | None, self_bias: Tensor,
+             memory_kv: tuple[Tensor, Tensor], memory_bias: Tensor,
              need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """One decoding step. y (B', 1, D): its first B rows are real, row b at position positions[b] (B,) long;
         the rest are zero rows that pad the shapes (Transformer.decode_step). `at`: the position of every real row
         when they are all at the same one, else None. `cache` (2, B', H, T_cap, d_k) holds this layer's keys and
-        values of each row's earlier positions and receives the new ones; past (B', span) bool, True = a key of
-        the row's own past. Returns (B', 1, D) and cross weights (B', H, 1, S)."""
+        values of each row's earlier positions and receives the new ones. self_bias (B'·H, 1, span): 0 for a key
+        of the row's own past, −inf otherwise; memory_bias (B'·H, 1, S) the same for the source (`additive_mask`).
+        Returns (B', 1, D) and cross weights (B', H, 1, S)."""
         b = positions.numel()
 
         def self_attention(h: Tensor) -> tuple[Tensor, None]:
@@ -152,11 +153,11 @@ class DecoderLayer(nn.Module):
                 rows = torch.arange(b, device=y.device)
                 cache[0, rows, :, positions] = k[:b, :, 0]
                 cache[1, rows, :, positions] = v[:b, :, 0]
-            span = past.size(1)
-            out, _ = attention(q, cache[0, :, :, :span], cache[1, :, :, :span], past[:, None, None, :])
+            span = self_bias.size(-1)
+            out, _ = step_attention(q, cache[0, :, :, :span], cache[1, :, :, :span], self_bias)
             return self.self_attn.out_proj(self.self_attn.merge_heads(out)), None
 
         y, _ = self.sub_self(y, self_attention)
-        y, cross_w = self.sub_cross(y, lambda h: self.cross_attn(h, src_mask, kv=memory_kv, need_weights=need_weights))
+        y, cross_w = self.sub_cross(y, lambda h: self.cross_attn.cross_step(h, memory_kv, memory_bias, need_weights))
         y, _ = self.sub_ffn(y, lambda h: (self.ffn(h), None))
         return y, cross_w

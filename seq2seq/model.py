@@ -10,12 +10,13 @@ L decoder layers, T_cap capacity of the key/value cache.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .attention import additive_mask
 from .layers import DecoderLayer, Embedding, EncoderLayer
 
 
@@ -49,6 +50,7 @@ class Memory:
     src_pad_mask: Tensor  # (B', S) bool, True = padding
     cross_kv: list[tuple[Tensor, Tensor]]  # per decoder layer: keys, values (B', H, S, d_k), projected once
     rows: int = -1  # B, the real rows (default B'); those after them are zero keys that only pad the batch's shapes
+    bias: Tensor | None = field(default=None, repr=False)  # key_bias, once made
 
     def __post_init__(self):
         if self.rows < 0:
@@ -58,6 +60,12 @@ class Memory:
     def src_mask(self) -> Tensor:
         return ~self.src_pad_mask[:, None, None, :]  # (B', 1, 1, S), True = may attend
 
+    def key_bias(self, heads: int) -> Tensor:
+        """(B'·H, 1, S): 0 for a source token, −inf for padding, as a decoding step adds it (made once)."""
+        if self.bias is None:
+            self.bias = additive_mask(~self.src_pad_mask, heads, self.cross_kv[0][0].dtype)
+        return self.bias
+
     def reorder(self, idx: Tensor, joined: "Memory | None" = None, width: int | None = None) -> "Memory":
         """Rows idx (N,) long of this memory (e.g. to follow beams), then the real rows of `joined`, if given, then
         zero rows up to `padded_rows` (they attend to zero keys: finite, and never read). The shorter sources are
@@ -66,6 +74,10 @@ class Memory:
         are copied (half the peak memory), so do not use this memory afterwards."""
         kept, new = idx.numel(), 0 if joined is None else joined.rows
         w = self.src_pad_mask.size(1) if width is None else min(width, self.src_pad_mask.size(1))
+        if joined is None and w == self.src_pad_mask.size(1):
+            moved = idx.ne(torch.arange(kept, device=idx.device)).nonzero().squeeze(1)  # (M,) rows that change
+            if 4 * moved.numel() <= kept and padded_rows(kept) <= self.src_pad_mask.size(0):
+                return self._reorder_in_place(idx, moved)
         jw = 0 if joined is None else joined.src_pad_mask.size(1)  # the joining sources' width
         n, s = kept + new, max(w, jw)
         n_pad = padded_rows(n)
@@ -95,13 +107,26 @@ class Memory:
         return Memory(mask, kv, n)
 
 
+    def _reorder_in_place(self, idx: Tensor, moved: Tensor) -> "Memory":
+        """`reorder(idx)` when few rows move (sentences left: `decoding.hypothesis.survivors` fills their places
+        from the end): only the M moved rows are copied, in the same buffers, which then end at `padded_rows`."""
+        kept = idx.numel()
+        n_pad = padded_rows(kept)
+        src = idx.index_select(0, moved)  # (M,) where the moved rows come from
+        for x in [self.src_pad_mask, *(t for kv in self.cross_kv for t in kv)]:
+            x.index_copy_(0, moved, x.index_select(0, src))  # reads every source before writing
+            x[kept:n_pad] = 0  # padding rows: zero keys, and (mask False) all attended
+        return Memory(self.src_pad_mask[:n_pad], [(k[:n_pad], v[:n_pad]) for k, v in self.cross_kv], kept)
+
+
 @dataclass
 class DecoderState:
     """The decoder's self-attention key/value cache: an explicit object passed in and out of `decode_step`.
 
     Every row has its own position (rows that joined later are at earlier positions): row b holds its keys and
-    values at positions < positions[b]. Positions < `filled` hold finite numbers in every row (written, or zeros):
-    a masked position weighs exactly 0, and 0 · NaN would still be NaN. The cache may have more rows than
+    values at positions < positions[b]. Positions < `filled` hold finite numbers in every row (written, zeros, or
+    what a row held before a reorder), in the spare buffer too: a masked position weighs exactly 0, and 0 · NaN
+    would still be NaN. The cache may have more rows than
     `positions` (B' ≥ B, see `padded_rows`): the rows after the real ones are zeros that pad the shapes."""
 
     cache: list[Tensor]  # per decoder layer: keys and values (2, B', H, T_cap, d_k)
@@ -133,17 +158,23 @@ class DecoderState:
             shape[3] = bucket(max(self.room, t, 1), SPAN_BUCKET)  # longer sentences left: give the room back
         same = self.shape == shape
         spare = self.spare if self.spare is not None and list(self.spare.shape) == shape else None
-        cache = []
+        cache, reused = [], True
         for layer in range(len(self.cache)):
-            target = spare if spare is not None else self.cache[layer].new_empty(shape)
+            if spare is not None:
+                target = spare
+            else:
+                target, reused = self.cache[layer].new_empty(shape), False
             # straight into the target (no temporary): half the time of `target[...] = x.index_select(...)` here
             torch.index_select(self.cache[layer][..., :t, :], 1, idx, out=target[:, :b_old, :, :t, :])
-            target[:, b_old:, :, :t].zero_()  # joined rows (nothing written yet) and padding rows
+            target[:, b_old:, :, :max(t, 1)].zero_()  # joined rows (nothing written yet) and padding rows
             cache.append(target)
             spare = self.cache[layer] if same else None
             self.cache[layer] = None  # type: ignore[call-overload]
+        # Reused buffers (this state's and its spare) hold finite numbers below `filled` already, so make_room need
+        # not zero them again at every step (it did: 4% of int8 decoding); a new buffer is finite below t.
+        filled = self.filled if reused else t
         # attention is that of the last step, read before any reorder: the new state has none until it steps
-        return DecoderState(cache, positions, t, self.need_attention, None, spare, self.room)
+        return DecoderState(cache, positions, filled, self.need_attention, None, spare, self.room)
 
     def make_room(self, end: int) -> None:
         """Capacity for positions < end, and finite numbers there in every row."""
@@ -153,7 +184,7 @@ class DecoderState:
                 self.cache[layer][..., :self.filled, :] = old[..., :self.filled, :]
             self.spare = None
         if end > self.filled:
-            for layer in self.cache:
+            for layer in self.cache + ([] if self.spare is None else [self.spare]):
                 layer[..., self.filled:end, :].zero_()
             self.filled = end
 
@@ -200,7 +231,7 @@ class Transformer(nn.Module):
         shared matrix at zero (no gradient reaches it), which is what Marian and CTranslate2 assume of the
         decoder's start symbol."""
         logits = y @ self.embed.tokens.weight.t() if self.output_projection is None else self.output_projection(y)
-        return logits.index_fill(-1, self._pad_index, float("-inf"))
+        return logits.index_fill_(-1, self._pad_index, float("-inf"))  # in place: the product is a new tensor
 
     def encode(self, src_ids: Tensor, src_pad_mask: Tensor | None = None, need_weights: bool = False) -> Memory:
         """src_ids (B, S) long, src_pad_mask (B, S) bool True = padding (default: ids == pad) -> Memory.
@@ -278,10 +309,11 @@ class Transformer(nn.Module):
         state.make_room(span)
         past = torch.arange(span, device=positions.device) <= pad_rows(positions, rows)[:, None]  # (B', span)
         y = pad_rows(self.embed.at(prev_ids, positions), rows)  # (B', 1, D)
+        self_bias, memory_bias = additive_mask(past, self.config.n_heads, y.dtype), memory.key_bias(self.config.n_heads)
         attn = []
         for i, layer in enumerate(self.decoder):
-            y, cross_w = layer.step(y, state.cache[i], positions, last if first == last else None, past,
-                                    memory.cross_kv[i], memory.src_mask, state.need_attention)
+            y, cross_w = layer.step(y, state.cache[i], positions, last if first == last else None, self_bias,
+                                    memory.cross_kv[i], memory_bias, state.need_attention)
             attn.append(cross_w)
         state.positions = positions + 1
         state.attention = [w[:b, :, 0] for w in attn] if state.need_attention else None  # L × (B, H, S)

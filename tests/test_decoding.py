@@ -304,3 +304,26 @@ def test_sample_scores_use_the_untempered_log_probs():
 def test_invalid_options_name_themselves(options, name):
     with pytest.raises(ConfigError, match=name):
         DecodeConfig(**options)
+
+
+def test_survivors_fill_the_places_of_the_done_from_the_end():
+    from seq2seq.decoding.hypothesis import survivors
+    assert survivors([False, True, False, False]) == [0, 3, 2]
+    assert survivors([True, True, False, False, True, False]) == [3, 5, 2]
+    assert survivors([False, False, True]) == [0, 1] and survivors([True, True]) == [] and survivors([]) == []
+
+
+@pytest.mark.parametrize("n", [4 * 10001, 640, 10007])  # 10007 is prime: no chunk width, torch's topk
+def test_top_k_in_two_passes_equals_torch_topk(n):
+    from seq2seq.decoding.beam import chunk_width, top_k
+    torch.manual_seed(0)
+    x = torch.randn(6, n)
+    x[1] = float("-inf")  # a sentence with no live beam
+    x[2, : n // 2] = float("-inf")
+    x[3, 5:13] = 7.0  # ties at the top
+    values, idx = top_k(x, 8)
+    expected, expected_idx = x.topk(8, dim=1)
+    assert torch.equal(values, expected) and torch.equal(x.gather(1, idx), values)
+    assert torch.equal(idx[[0, 2, 4, 5]], expected_idx[[0, 2, 4, 5]])  # without ties, the same indices
+    assert sorted(idx[3].tolist()) == list(range(5, 13))
+    assert chunk_width(n) == {4 * 10001: 137, 640: 128, 10007: 0}[n]

@@ -177,3 +177,40 @@ def test_attention_padding_mask_with_causal_never_sees_the_future(tq, dtype):
         outs[name] = a.float()
     for name, out in outs.items():
         assert torch.allclose(out, outs["fused"], atol=1e-5 if dtype == torch.float32 else 2e-2), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_attention_equals_the_masked_formula_bit_for_bit(dtype):
+    from seq2seq.attention import additive_mask, step_attention
+    torch.manual_seed(0)
+    b, h, tk, d = 3, 2, 5, 64  # d_k = 64: the scale 1/8 is exact, so baddbmm must give attention()'s very bits
+    q, k, v = torch.randn(b, h, 1, d, dtype=dtype), torch.randn(b, h, tk, d, dtype=dtype), torch.randn(
+        b, h, tk, d, dtype=dtype)
+    keep = torch.tensor([[True] * 5, [True, True, True, False, False], [True, False, False, False, False]])
+    expected, expected_w = attention(q, k, v, keep[:, None, None, :], need_weights=True)  # the explicit formula
+    out, w = step_attention(q, k, v, additive_mask(keep, h, dtype), need_weights=True)
+    assert torch.equal(out, expected) and torch.equal(w, expected_w)
+    assert torch.all(w[2, :, 0, 1:] == 0) and torch.allclose(w.float().sum(-1), torch.ones(b, h, 1), atol=1e-2)
+    assert additive_mask(keep, h, dtype).shape == (b * h, 1, tk)
+
+
+def test_memory_reorder_in_place_equals_a_copy():
+    """Sentences that leave are replaced by the last ones (decoding.hypothesis.survivors): few rows move, so
+    Memory.reorder copies only those, in the same buffers; the result must be rows idx, then zero padding rows."""
+    m = tiny_model()
+    from seq2seq.decoding.hypothesis import survivors
+    src = torch.randint(1, PAD, (32, 6))
+    src[3, 4:] = PAD
+    idx = torch.tensor(survivors([i in (2, 17, 30) for i in range(32)]))  # 29 rows: 29 and 31 fill 2 and 17
+    with torch.no_grad():
+        memory = m.encode(src)
+        expected = [(k[idx].clone(), v[idx].clone()) for k, v in memory.cross_kv]
+        buffer = memory.cross_kv[0][0].data_ptr()
+        fast = memory.reorder(idx)
+    assert fast.cross_kv[0][0].data_ptr() == buffer  # in place: no new buffer
+    assert idx[2] == 29 and idx[17] == 31 and idx.numel() == 29
+    assert fast.rows == 29 and fast.src_pad_mask.shape == (32, 6)  # 29 rows padded to 32
+    assert torch.equal(fast.src_pad_mask[:29], src[idx].eq(PAD)) and not fast.src_pad_mask[29:].any()
+    for (k, v), (ek, ev) in zip(fast.cross_kv, expected):
+        assert torch.equal(k[:29], ek) and torch.equal(v[:29], ev)
+        assert not k[29:].any() and not v[29:].any()  # padding rows: zero keys and values

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..config import DecodeConfig
 from .constraints import constrain, rows_at_max
-from .hypothesis import History
+from .hypothesis import History, survivors
 from .sampling import Sampler, draw_uniforms
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class PathSearch:
         keep, done = None, []
         if bool(leaving.any()):
             done = self._finish(ended.nonzero().squeeze(1).tolist(), leaving, token_log_probs, attention)
-            keep = (~leaving).nonzero().squeeze(1)  # (N',)
+            keep = torch.tensor(survivors(leaving.tolist()), dtype=torch.long, device=self.device)  # (N',)
             self.owners = [self.owners[i] for i in keep.tolist()]
             self.steps, self.limits, self.totals = self.steps[keep], self.limits[keep], self.totals[keep]
             tokens, token_log_probs = tokens[keep], token_log_probs[keep]

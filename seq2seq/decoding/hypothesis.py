@@ -128,6 +128,19 @@ def _pad_last(x: Tensor, s: int) -> Tensor:
     return x if x.size(-1) == s else torch.nn.functional.pad(x, (0, s - x.size(-1)))
 
 
+def survivors(done: list[bool]) -> list[int]:
+    """The indices of the items not done, in the order that moves the fewest: the place of a done item is taken by a
+    survivor from the end (swap-remove), so the engine copies the encoder memory of the rows that move only, not
+    of every row after a hole (Memory.reorder). E.g. [F, T, F, F] -> [0, 3, 2]."""
+    n = len(done) - sum(done)
+    order = list(range(n))  # a survivor before position n stays where it is
+    holes = (i for i in range(n) if done[i])
+    for item in range(n, len(done)):  # as many survivors at n or after as holes before n
+        if not done[item]:
+            order[next(holes)] = item
+    return order
+
+
 def best_first(hypotheses: list[Hypothesis], n_best: int) -> list[Hypothesis]:
     """The n_best highest-scoring hypotheses, best first (stable: equal scores keep their order)."""
     return sorted(hypotheses, key=lambda h: h.score, reverse=True)[:n_best]
