@@ -74,11 +74,11 @@ class Memory:
         are copied (half the peak memory), so do not use this memory afterwards."""
         kept, new = idx.numel(), 0 if joined is None else joined.rows
         w = self.src_pad_mask.size(1) if width is None else min(width, self.src_pad_mask.size(1))
-        if joined is None and w == self.src_pad_mask.size(1):
-            moved = idx.ne(torch.arange(kept, device=idx.device)).nonzero().squeeze(1)  # (M,) rows that change
-            if 4 * moved.numel() <= kept and padded_rows(kept) <= self.src_pad_mask.size(0):
-                return self._reorder_in_place(idx, moved)
         jw = 0 if joined is None else joined.src_pad_mask.size(1)  # the joining sources' width
+        if w == self.src_pad_mask.size(1) and jw <= w and padded_rows(kept + new) <= self.src_pad_mask.size(0):
+            moved = idx.ne(torch.arange(kept, device=idx.device)).nonzero().squeeze(1)  # (M,) rows that change
+            if 4 * moved.numel() <= kept:
+                return self._reorder_in_place(idx, moved, joined)
         n, s = kept + new, max(w, jw)
         n_pad = padded_rows(n)
         mask = self.src_pad_mask.new_ones(n_pad, s)  # True = padding ...
@@ -106,17 +106,24 @@ class Memory:
             self.cross_kv[layer] = None  # type: ignore[call-overload]
         return Memory(mask, kv, n)
 
-
-    def _reorder_in_place(self, idx: Tensor, moved: Tensor) -> "Memory":
-        """`reorder(idx)` when few rows move (sentences left: `decoding.hypothesis.survivors` fills their places
-        from the end): only the M moved rows are copied, in the same buffers, which then end at `padded_rows`."""
-        kept = idx.numel()
-        n_pad = padded_rows(kept)
+    def _reorder_in_place(self, idx: Tensor, moved: Tensor, joined: "Memory | None") -> "Memory":
+        """`reorder(idx, joined)` when few rows move and the rows fit: only the M moved rows and the joining ones are
+        written, in the same buffers, which then end at `padded_rows`. This is the usual step boundary: sentences
+        that left are replaced by the last ones (`decoding.hypothesis.survivors`), new ones take the free rows
+        (the server at C = 32 copied the whole encoder memory at almost every step)."""
+        kept, new = idx.numel(), 0 if joined is None else joined.rows
+        n = kept + new
+        n_pad, jw = padded_rows(n), 0 if joined is None else joined.src_pad_mask.size(1)
         src = idx.index_select(0, moved)  # (M,) where the moved rows come from
-        for x in [self.src_pad_mask, *(t for kv in self.cross_kv for t in kv)]:
+        joining = [] if joined is None else [joined.src_pad_mask, *(t for kv in joined.cross_kv for t in kv)]
+        for i, x in enumerate([self.src_pad_mask, *(t for kv in self.cross_kv for t in kv)]):
             x.index_copy_(0, moved, x.index_select(0, src))  # reads every source before writing
-            x[kept:n_pad] = 0  # padding rows: zero keys, and (mask False) all attended
-        return Memory(self.src_pad_mask[:n_pad], [(k[:n_pad], v[:n_pad]) for k, v in self.cross_kv], kept)
+            if joining:  # the mask is (B', S), keys and values (B', H, S, d_k)
+                rows = x[kept:n] if i == 0 else x[kept:n].transpose(1, 2)  # (new, S, ...)
+                rows[:, :jw] = joining[i][:new] if i == 0 else joining[i][:new].transpose(1, 2)
+                rows[:, jw:] = i == 0  # past a joining source: padding (mask True, keys zero)
+            x[n:n_pad] = 0  # padding rows: zero keys, and (mask False) all attended
+        return Memory(self.src_pad_mask[:n_pad], [(k[:n_pad], v[:n_pad]) for k, v in self.cross_kv], n)
 
 
 @dataclass

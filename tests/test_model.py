@@ -214,3 +214,26 @@ def test_memory_reorder_in_place_equals_a_copy():
     for (k, v), (ek, ev) in zip(fast.cross_kv, expected):
         assert torch.equal(k[:29], ek) and torch.equal(v[:29], ev)
         assert not k[29:].any() and not v[29:].any()  # padding rows: zero keys and values
+
+
+def test_memory_reorder_in_place_takes_in_joining_rows():
+    """Two rows leave and three narrower ones join into the free rows of the same buffers."""
+    from seq2seq.decoding.hypothesis import survivors
+    m = tiny_model()
+    src, new_src = torch.randint(1, PAD, (12, 6)), torch.randint(1, PAD, (3, 4))
+    new_src[1, 2:] = PAD
+    idx = torch.tensor(survivors([i in (0, 5) for i in range(12)]))  # 10 rows kept, + 3 = 13 of 16
+    with torch.no_grad():
+        memory, joined = m.encode(src), m.encode(new_src)
+        memory = memory.reorder(torch.arange(12))  # padded to 16 rows: room for the joining ones
+        expected = [(k[idx].clone(), v[idx].clone()) for k, v in memory.cross_kv]
+        buffer = memory.cross_kv[0][0].data_ptr()
+        out = memory.reorder(idx, joined)
+    assert out.cross_kv[0][0].data_ptr() == buffer and out.rows == 13 and out.src_pad_mask.shape == (16, 6)
+    assert torch.equal(out.src_pad_mask[:10], src[idx].eq(PAD))
+    assert torch.equal(out.src_pad_mask[10:13, :4], new_src.eq(PAD)) and out.src_pad_mask[10:13, 4:].all()
+    assert not out.src_pad_mask[13:].any()
+    for (k, v), (ek, ev), (jk, jv) in zip(out.cross_kv, expected, joined.cross_kv):
+        assert torch.equal(k[:10], ek) and torch.equal(v[:10], ev)
+        assert torch.equal(k[10:13, :, :4], jk) and torch.equal(v[10:13, :, :4], jv)
+        assert not k[10:13, :, 4:].any() and not k[13:].any() and not v[13:].any()
