@@ -327,3 +327,17 @@ def test_top_k_in_two_passes_equals_torch_topk(n):
     assert torch.equal(idx[[0, 2, 4, 5]], expected_idx[[0, 2, 4, 5]])  # without ties, the same indices
     assert sorted(idx[3].tolist()) == list(range(5, 13))
     assert chunk_width(n) == {4 * 10001: 137, 640: 128, 10007: 0}[n]
+
+
+@pytest.mark.parametrize("search", ["beam", "greedy"])
+def test_options_that_forbid_every_token_still_give_an_answer(model, search):
+    """no_repeat_ngram_size 1 uses up the tiny vocabulary long before min_len allows eos: every beam dies. Found by
+    the server's property test (a valid request got INTERNAL: no hypothesis at all). The answer ends with eos at
+    the maximum length, with its −inf score, in beam search as in greedy search."""
+    src = torch.randint(1, model.pad_id, (2, 5))
+    config = DecodeConfig(beam_size=3 if search == "beam" else 1, min_len=60, no_repeat_ngram_size=1, max_len_b=70)
+    results = decode(model, src, src.eq(model.pad_id), config, search=search)
+    vocab = model.vocab_size - 1  # every id but <pad>
+    for hyps in results:
+        assert len(hyps) == 1 and hyps[0].score == float("-inf")
+        assert vocab - 1 <= len(hyps[0].ids) <= 5 + 70  # at least every non-eos id once, at most the limit

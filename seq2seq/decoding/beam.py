@@ -82,6 +82,8 @@ class BeamSearch:
         any_ended = bool(ending.any())
         if any_ended:
             self._finish(ending, top_totals, top_log_probs, top_beams, attention)
+        if at_max is not None:
+            self._finish_empty(at_max, log_probs, attention)
         # 4. The K best that did not end continue.
         live_totals, picked = top_totals.masked_fill(ended, float("-inf")).topk(k, dim=1)  # (A, K)
         offsets = torch.arange(a, device=self.device)[:, None] * k  # (A, 1) first row of each sentence
@@ -115,6 +117,20 @@ class BeamSearch:
             eos_attention = None if attention is None else attention[row]
             sentence.found.append(self.history.finish(row, steps[a], totals[a][j], log_probs[a][j], eos_attention,
                                                       self.config.length_penalty, sentence.src_len))
+
+    def _finish_empty(self, at_max: Tensor, log_probs: Tensor, attention: Tensor | None) -> None:
+        """A sentence at its maximum length with no hypothesis ended has only dead beams (the options forbade every
+        token: e.g. no_repeat_ngram_size 1 over a small vocabulary and a long min_len). Its best beam ends anyway,
+        with eos and its −inf score, as greedy search's path does: every sentence gets an answer."""
+        for a in at_max.nonzero().squeeze(1).tolist():
+            sentence = self.sentences[a]
+            if sentence.found:
+                continue
+            row = a * self.k  # beams are kept best first
+            eos_log_prob = float(log_probs[row, self.eos_id])
+            sentence.found.append(self.history.finish(
+                row, int(self.steps[a]), float(self.totals[row]) + eos_log_prob, eos_log_prob,
+                None if attention is None else attention[row], self.config.length_penalty, sentence.src_len))
 
     def _drop_done(self) -> tuple[list[Sentence], Tensor | None]:
         """Forget the done sentences; returns them and the positions kept (A',) long, or None if all stay. The last
