@@ -71,9 +71,9 @@ def step_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
 
     The scale and the mask join the product in one batched call (torch.baddbmm): 20% less time than the four ops of
     `attention` at B = 128, with the same bits in fp32 and bf16 (the scale 1/8 of d_k = 64 is exact). Explicit
-    products on every device and precision, not the fused kernel: they give a row the same bits whatever padding
-    its batch adds (bench/invariance.py); on CPU the fused kernel was also slower at one query per row, and with it
-    int8 lost 0.44 BLEU against fp32 on 100 test sentences.
+    products on every device and precision, not the fused kernel: on CPU they give a row the same bits whatever
+    padding its batch adds (bench/invariance.py; not measured on CUDA), the fused kernel was slower at one query
+    per row, and with it int8 lost 0.44 BLEU against fp32 on 100 test sentences.
     """
     b, h, _, d = q.shape
     tk = k.size(-2)

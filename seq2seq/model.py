@@ -71,11 +71,17 @@ class Memory:
         zero rows up to `padded_rows` (they attend to zero keys: finite, and never read). The shorter sources are
         padded with masked zeros. width: the longest source of the kept rows, if known: the padding beyond it (left
         by longer sentences that have gone) is dropped. Each layer's old keys and values are let go as soon as they
-        are copied (half the peak memory), so do not use this memory afterwards."""
+        are copied (half the peak memory), or the result shares and overwrites them (`_reorder_in_place`), so do not
+        use this memory afterwards."""
         kept, new = idx.numel(), 0 if joined is None else joined.rows
         w = self.src_pad_mask.size(1) if width is None else min(width, self.src_pad_mask.size(1))
         jw = 0 if joined is None else joined.src_pad_mask.size(1)  # the joining sources' width
-        if w == self.src_pad_mask.size(1) and jw <= w and padded_rows(kept + new) <= self.src_pad_mask.size(0):
+        k = self.cross_kv[0][0]
+        allocated = k.untyped_storage().nbytes() // max(k[0].numel() * k.element_size(), 1)  # rows behind the views
+        if (w == self.src_pad_mask.size(1) and jw <= w and padded_rows(kept + new) <= self.src_pad_mask.size(0)
+                and 2 * padded_rows(kept + new) > allocated and k.is_contiguous()):
+            # in place: the rows fit, the buffers are not twice what they must be (a draining batch gives memory
+            # back), and they are contiguous (step_attention's reshapes would copy them at every step otherwise)
             moved = idx.ne(torch.arange(kept, device=idx.device)).nonzero().squeeze(1)  # (M,) rows that change
             if 4 * moved.numel() <= kept:
                 return self._reorder_in_place(idx, moved, joined)
@@ -149,8 +155,9 @@ class DecoderState:
         return list(self.cache[0].shape)
 
     def reorder(self, idx: Tensor, joined: "DecoderState | None" = None) -> "DecoderState":
-        """Rows idx (N,) long, then the rows of `joined` (new rows, at position 0), if given, then zero rows up to
-        `padded_rows`. Only the positions the kept rows use are copied. The layers take turns with one spare
+        """Rows idx (N,) long, then the rows of `joined` (new rows, at position 0), if given, then padding rows up to
+        `padded_rows`; joined and padding rows are zeros at the positions they read (position 0), finite beyond.
+        Only the positions the kept rows use are copied. The layers take turns with one spare
         buffer: layer i is written into the spare, and its old buffer becomes the spare of layer i + 1, so the
         caches take L + 1 layers' memory, not 2L. This state's buffers then belong to the new state: do not use
         this state afterwards."""
@@ -178,7 +185,9 @@ class DecoderState:
             spare = self.cache[layer] if same else None
             self.cache[layer] = None  # type: ignore[call-overload]
         # Reused buffers (this state's and its spare) hold finite numbers below `filled` already, so make_room need
-        # not zero them again at every step (it did: 4% of int8 decoding); a new buffer is finite below t.
+        # not zero them again at every step (it did: 4% of int8 decoding); a new buffer is finite below t. The
+        # price: a masked position may hold what a departed row wrote there, so a non-finite key (which would
+        # already have ruined its own sentence) could reach the row that takes its place, through 0 · NaN.
         filled = self.filled if reused else t
         # attention is that of the last step, read before any reorder: the new state has none until it steps
         return DecoderState(cache, positions, filled, self.need_attention, None, spare, self.room)

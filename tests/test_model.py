@@ -203,7 +203,10 @@ def test_memory_reorder_in_place_equals_a_copy():
     src[3, 4:] = PAD
     idx = torch.tensor(survivors([i in (2, 17, 30) for i in range(32)]))  # 29 rows: 29 and 31 fill 2 and 17
     with torch.no_grad():
-        memory = m.encode(src)
+        memory = m.encode(src)  # keys and values are views of one projection, not contiguous: ...
+        buffer = memory.cross_kv[0][0].data_ptr()
+        memory = memory.reorder(torch.arange(32))
+        assert memory.cross_kv[0][0].data_ptr() != buffer  # ... copied once (attention would copy them every step)
         expected = [(k[idx].clone(), v[idx].clone()) for k, v in memory.cross_kv]
         buffer = memory.cross_kv[0][0].data_ptr()
         fast = memory.reorder(idx)
@@ -214,6 +217,9 @@ def test_memory_reorder_in_place_equals_a_copy():
     for (k, v), (ek, ev) in zip(fast.cross_kv, expected):
         assert torch.equal(k[:29], ek) and torch.equal(v[:29], ev)
         assert not k[29:].any() and not v[29:].any()  # padding rows: zero keys and values
+    with torch.no_grad():
+        drained = fast.reorder(torch.arange(8))  # 8 rows of 32: the buffers are let go, not kept as a view
+    assert drained.cross_kv[0][0].untyped_storage().nbytes() == drained.cross_kv[0][0].numel() * 4
 
 
 def test_memory_reorder_in_place_takes_in_joining_rows():
