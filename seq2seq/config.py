@@ -136,6 +136,10 @@ class DataConfig(_DictMixin):
     vocab_size: int = 8000  # SentencePiece pieces; the model adds <pad>, so ModelConfig.vocab_size = this + 1
     spm_model_type: str = "unigram"
     spm_max_sentences: int = 400_000  # sentences sampled to train SentencePiece
+    # What SentencePiece learns from: "mix" = the training mix as it is read (weights, synthetic pairs included);
+    # "real" = each corpus not marked synthetic, once and whole. Oversampled captions push rare everyday words out
+    # of the vocabulary: with Multi30k three times over, "Bonjour" is cut into four pieces; once, it stays whole.
+    spm_data: str = "mix"
     max_tokens: int = 4096  # per batch: padded source tokens + padded target tokens
     max_len: int = 128  # drop training pairs with more subword tokens than this on either side
     dev_bleu_sentences: int = 500  # dev BLEU on the first N dev pairs (0 = all)
@@ -155,6 +159,8 @@ class DataConfig(_DictMixin):
             raise ConfigError(f"data vocab_size must be >= 16, got {self.vocab_size}")
         if self.spm_model_type not in ("unigram", "bpe"):
             raise ConfigError(f"spm_model_type must be 'unigram' or 'bpe', got {self.spm_model_type!r}")
+        if self.spm_data not in ("mix", "real"):
+            raise ConfigError(f"spm_data must be 'mix' or 'real', got {self.spm_data!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "train": [c.to_entry() for c in self.train]}

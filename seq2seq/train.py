@@ -11,6 +11,7 @@ next step boundary with a checkpoint and exit status 0, so that the same command
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -74,7 +75,12 @@ class Run:
         if resume:
             return Tokenizer(resume["tokenizer"])
         if self.rank == 0 and not path.exists():
-            raw = read_corpora(self.data_cfg.train, self.data_cfg.src_lang, self.data_cfg.tgt_lang, self.train_cfg.seed)
+            d = self.data_cfg
+            corpora = d.train if d.spm_data == "mix" else [  # "real": each real corpus once, whole
+                dataclasses.replace(c, weight=1.0) for c in d.train if not c.synthetic and c.weight]
+            if not corpora:
+                raise ConfigError("spm_data 'real' needs a training corpus not marked synthetic")
+            raw = read_corpora(corpora, d.src_lang, d.tgt_lang, self.train_cfg.seed)
             log.info("training SentencePiece (%d pieces) on %d pairs", self.data_cfg.vocab_size, len(raw))
             sentences = (s for pair in zip(raw["src"], raw["tgt"]) for s in pair)
             Tokenizer.train(sentences, self.data_cfg.vocab_size, self.data_cfg.spm_model_type,

@@ -321,3 +321,33 @@ def test_init_from_continues_weights_step_and_clock_on_new_data(tmp_path, copy_c
                          (str(tmp_path / "base" / "checkpoint_00000020.pt"), "already stands at step 20")):
         code = train_main(["--config", cfg, "--out", str(tmp_path / "bad"), "--init-from", bad])
         assert code == 2 and message in capsys.readouterr().err
+
+
+def test_spm_data_real_trains_the_vocabulary_on_each_real_corpus_once(tmp_path, copy_corpus, monkeypatch):
+    """Oversampled captions pushed 'Bonjour' out of the shipped vocabulary; spm_data: real gives SentencePiece each
+    corpus not marked synthetic once, whatever its weight, and none of the synthetic pairs."""
+    import yaml
+
+    from seq2seq.tokenizer import Tokenizer
+    from seq2seq.train import main as train_main
+    seen: list[int] = []
+    train = Tokenizer.train.__func__
+
+    def counting(cls, sentences, *args, **kwargs):
+        sentences = list(sentences)
+        seen.append(len(sentences))
+        return train(cls, sentences, *args, **kwargs)
+
+    monkeypatch.setattr(Tokenizer, "train", classmethod(counting))
+    for spm_data, expected in (("mix", 2 * (3 * 3000 + 3000)), ("real", 2 * 3000)):
+        cfg = yaml.safe_load(open(tiny_config(tmp_path, copy_corpus, max_steps=1, eval_every=1, save_every=1)))
+        cfg["data"]["train"] = [{"path": copy_corpus["train"], "weight": 3},
+                                {"path": copy_corpus["train"], "synthetic": True}]
+        cfg["data"]["spm_data"] = spm_data
+        path = tmp_path / f"{spm_data}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        assert train_main(["--config", str(path), "--out", str(tmp_path / spm_data)]) == 0
+        assert seen[-1] == expected, spm_data
+    from seq2seq.config import ConfigError, DataConfig
+    with pytest.raises(ConfigError, match="spm_data must be 'mix' or 'real', got 'all'"):
+        DataConfig(train=(copy_corpus["train"],), spm_data="all")
