@@ -172,12 +172,10 @@ class DecoderState:
             shape[3] = bucket(max(self.room, t, 1), SPAN_BUCKET)  # longer sentences left: give the room back
         same = self.shape == shape
         spare = self.spare if self.spare is not None and list(self.spare.shape) == shape else None
-        cache, reused = [], True
+        reused = spare is not None  # then every layer writes into a buffer of this state (its own shape)
+        cache = []
         for layer in range(len(self.cache)):
-            if spare is not None:
-                target = spare
-            else:
-                target, reused = self.cache[layer].new_empty(shape), False
+            target = spare if spare is not None else self.cache[layer].new_empty(shape)
             # straight into the target (no temporary): half the time of `target[...] = x.index_select(...)` here
             torch.index_select(self.cache[layer][..., :t, :], 1, idx, out=target[:, :b_old, :, :t, :])
             target[:, b_old:, :, :max(t, 1)].zero_()  # joined rows (nothing written yet) and padding rows

@@ -86,8 +86,9 @@ class PathSearch:
         keep, done = None, []
         if bool(leaving.any()):
             done = self._finish(ended.nonzero().squeeze(1).tolist(), leaving, token_log_probs, attention)
-            keep = torch.tensor(survivors(leaving.tolist()), dtype=torch.long, device=self.device)  # (N',)
-            self.owners = [self.owners[i] for i in keep.tolist()]
+            order = survivors(leaving.tolist())
+            keep = torch.tensor(order, dtype=torch.long, device=self.device)  # (N',)
+            self.owners = [self.owners[i] for i in order]
             self.steps, self.limits, self.totals = self.steps[keep], self.limits[keep], self.totals[keep]
             tokens, token_log_probs = tokens[keep], token_log_probs[keep]
             attention = None if attention is None else attention[keep]
