@@ -66,6 +66,18 @@ class Memory:
             self.bias = additive_mask(~self.src_pad_mask, heads, self.cross_kv[0][0].dtype)
         return self.bias
 
+    @property
+    def held_rows(self) -> int:
+        """Rows of the buffers behind the keys and values: more than `src_pad_mask.size(0)` after a reorder in place
+        that shrank the batch (fewer than twice as many: see `reorder`)."""
+        k = self.cross_kv[0][0]
+        return k.untyped_storage().nbytes() // max(k[0].numel() * k.element_size(), 1)
+
+    def excess_positions(self, rows: int) -> int:
+        """Source positions held beyond what a batch of `rows` rows at this width counts (`padded_rows(rows)` rows),
+        for a memory budget: in-place reorders keep these until the batch grows past them or drains."""
+        return max(0, self.held_rows - padded_rows(rows)) * self.src_pad_mask.size(1)
+
     def reorder(self, idx: Tensor, joined: "Memory | None" = None, width: int | None = None) -> "Memory":
         """Rows idx (N,) long of this memory (e.g. to follow beams), then the real rows of `joined`, if given, then
         zero rows up to `padded_rows` (they attend to zero keys: finite, and never read). The shorter sources are
@@ -77,9 +89,8 @@ class Memory:
         w = self.src_pad_mask.size(1) if width is None else min(width, self.src_pad_mask.size(1))
         jw = 0 if joined is None else joined.src_pad_mask.size(1)  # the joining sources' width
         k = self.cross_kv[0][0]
-        allocated = k.untyped_storage().nbytes() // max(k[0].numel() * k.element_size(), 1)  # rows behind the views
         if (w == self.src_pad_mask.size(1) and jw <= w and padded_rows(kept + new) <= self.src_pad_mask.size(0)
-                and 2 * padded_rows(kept + new) > allocated and k.is_contiguous()):
+                and 2 * padded_rows(kept + new) > self.held_rows and k.is_contiguous()):
             # in place: the rows fit, the buffers are not twice what they must be (a draining batch gives memory
             # back), and they are contiguous (step_attention's reshapes would copy them at every step otherwise)
             moved = idx.ne(torch.arange(kept, device=idx.device)).nonzero().squeeze(1)  # (M,) rows that change

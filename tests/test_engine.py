@@ -8,7 +8,7 @@ import torch
 
 from seq2seq.config import DecodeConfig, ModelConfig
 from seq2seq.decoding import Cancelled, Engine, Sentence, TooLarge, decode
-from seq2seq.model import Transformer
+from seq2seq.model import SPAN_BUCKET, Transformer, bucket, padded_rows
 
 V, EOS = 24, 0
 SEARCHES = {"beam": DecodeConfig(beam_size=3, n_best=2, max_len_b=12),
@@ -132,6 +132,58 @@ def test_a_failing_step_fails_its_sentences_and_the_engine_goes_on():
     assert [h.ids for h in results[1]] == [h.ids for h in alone(model, source(5, 0), SEARCHES["greedy"])]
 
 
+def test_a_step_that_fails_while_sentences_join_answers_them_too():
+    model, results = tiny_model(), {}
+
+    class FailingEncode(Counting):
+        calls = 0
+
+        def encode(self, *args):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("out of memory")
+            return self.model.encode(*args)
+
+    engine = Engine(FailingEncode(model))
+    engine.submit([Sentence(source(5, 0), SEARCHES["greedy"], lambda h: results.__setitem__(0, h))])
+    engine.step()
+    engine.submit([Sentence(source(7, 1), SEARCHES["greedy"], lambda h: results.__setitem__(1, h))])
+    engine.run()  # its encoding fails: the running sentence and the joining one both get the error
+    assert isinstance(results[0], RuntimeError) and isinstance(results[1], RuntimeError)
+    assert not engine.busy()
+
+
+def test_a_cancelled_sentence_leaves_the_queue_at_once_even_behind_a_waiting_one():
+    model, results, cancel = tiny_model(), {}, []
+    engine = Engine(model, max_rows=1)  # one sentence at a time: the second waits for the first
+    config = DecodeConfig(beam_size=1, max_len_a=0, max_len_b=30, min_len=30)  # 31 steps
+    engine.submit([Sentence(source(5, i), config, lambda h, i=i: results.__setitem__(i, h),
+                            should_stop=(lambda: bool(cancel)) if i == 2 else lambda: False) for i in range(3)])
+    engine.step()
+    cancel.append(True)
+    engine.step()
+    assert list(results) == [2] and isinstance(results[2], Cancelled)
+    engine.run()
+    assert [len(results[i][0].ids) for i in (0, 1)] == [30, 30]
+
+
+def test_a_search_that_never_empties_keeps_only_the_steps_its_rows_need():
+    model, results, widths = tiny_model(), {}, []
+    config = DecodeConfig(beam_size=1, max_len_a=0, max_len_b=6)
+    engine = Engine(model)
+    sources = [source(4 + i % 5, i) for i in range(60)]
+    for i, src in enumerate(sources):  # a new sentence every other step for 120 steps: the search never empties
+        engine.submit([Sentence(src, config, lambda h, i=i: results.__setitem__(i, h))])
+        for _ in range(2):
+            engine.step()
+            [search] = engine.searches.values()
+            widths.append(search.history.tokens.size(1))
+    engine.run()
+    assert max(widths) <= 7  # at most max_len_b + 1 steps, however long the search lives
+    for i in (0, 31, 59):
+        assert [h.ids for h in results[i]] == [h.ids for h in alone(model, sources[i], config)]
+
+
 class Measuring(Counting):
     """Records rows × (cache capacity + source positions) at every step: what the batch's caches hold, padding
     rows and positions included."""
@@ -142,7 +194,9 @@ class Measuring(Counting):
 
     def decode_step(self, prev_ids, memory, state):
         out = super().decode_step(prev_ids, memory, state)
-        self.positions.append(state.shape[1] * (state.shape[3] + memory.src_pad_mask.size(1)))
+        k = memory.cross_kv[0][0]  # the encoder memory's rows as allocated, not as viewed
+        memory_rows = k.untyped_storage().nbytes() // (k[0].numel() * k.element_size())
+        self.positions.append(state.shape[1] * state.shape[3] + memory_rows * memory.src_pad_mask.size(1))
         return out
 
 
@@ -169,6 +223,41 @@ def test_the_memory_budget_holds_with_adversarial_lengths():
     assert len(results) == 40 and sum(isinstance(r, list) for r in results.values()) >= 20
     assert max(measuring.positions) <= budget
     assert max(measuring.rows) > 4  # sentences did share the batch
+
+
+class Bounding(Counting):
+    """Records at every step the most cache positions the batch may reach with the sentences it holds: every row at
+    the longest allowed output, and the encoder memory's buffers as allocated (a reorder in place keeps them)."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.engine, self.bounds = None, []
+
+    def decode_step(self, prev_ids, memory, state):
+        k = memory.cross_kv[0][0]
+        held = k.untyped_storage().nbytes() // (k[0].numel() * k.element_size())
+        rows, longest = padded_rows(self.engine.n_rows), max(s.limit + 1 for s in self.engine.live)
+        self.bounds.append(rows * bucket(longest, SPAN_BUCKET) + max(held, rows) * memory.src_pad_mask.size(1))
+        return super().decode_step(prev_ids, memory, state)
+
+
+def test_the_memory_budget_counts_encoder_memory_kept_by_a_shrinking_batch():
+    """48 rows of wide sources fill the budget; 17 leave, and the encoder memory's buffers keep their 48 rows (a
+    reorder in place). A sentence with a longer output must not join as if the memory held only 32 rows."""
+    model = tiny_model()
+    bounding, results = Bounding(model), {}
+    budget = 48 * (16 + 96)  # 48 rows × (outputs of up to 16 positions + sources of 96)
+    engine = bounding.engine = Engine(bounding, max_positions=budget)
+    exactly = lambda n: DecodeConfig(beam_size=1, max_len_a=0, max_len_b=n, min_len=n)  # noqa: E731
+    plan = [exactly(8)] * 31 + [exactly(1)] * 17  # the 17 short ones have their own search, after the others
+    engine.submit([Sentence(source(90, i), c, lambda h, i=i: results.__setitem__(i, h)) for i, c in enumerate(plan)])
+    engine.step(), engine.step()  # the short ones leave: 31 rows (padded to 32) in buffers of 48
+    engine.submit([Sentence(source(5, 99), exactly(60), lambda h: results.__setitem__(99, h))])
+    engine.step()
+    assert len(engine.live) == 31  # 32 × (64 + 96) positions would fit, 32 × 64 + 48 × 96 do not: it waits
+    engine.run()
+    assert all(isinstance(r, list) for r in results.values()) and len(results) == 49
+    assert max(bounding.bounds) <= budget
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

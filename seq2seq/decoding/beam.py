@@ -102,6 +102,8 @@ class BeamSearch:
                                            None if attention is None else attention.index_select(0, rows))
         self.prev, self.totals = tokens.view(-1), live_totals.view(-1)
         self.steps = self.steps + 1
+        if self.steps.numel():  # the columns the oldest live row needs, no more
+            self.history = self.history.last(int(self.steps.max()))
         return rows, memory_rows, done
 
     def _finish(self, ending: Tensor, top_totals: Tensor, top_log_probs: Tensor, top_beams: Tensor,

@@ -98,6 +98,7 @@ class Engine:
         self.model, self.device = model, torch.device(device)
         self.max_rows, self.max_positions, self.share = max_rows, max_positions, share
         self.waiting: deque[Sentence] = deque()
+        self.stoppable = 0  # waiting sentences with a should_stop (only they need a look behind the head)
         self.lock = threading.Lock()
         self.searches: dict[tuple, BeamSearch | PathSearch] = {}  # in the order of their rows in the batch
         self.where: dict[tuple, slice | Tensor] = {}  # each search's rows in the batch
@@ -128,6 +129,7 @@ class Engine:
             self.check(s)
         with self.lock:
             self.waiting.extend(sentences)
+            self.stoppable += sum(s.should_stop is not None for s in sentences)
 
     @property
     def rows(self) -> int:
@@ -157,14 +159,15 @@ class Engine:
                 done = self._decode(check)
         except Exception as e:  # e.g. out of memory: every sentence in the batch fails, the engine goes on
             log.exception("decoding step failed")
-            done = self.live
+            live = set(map(id, self.live))  # those joining now are not live yet if _place failed
+            done = self.live + [s for s in joined if id(s) not in live]
             for s in done:
-                s.deliver(e)
+                _deliver(s, e)
             self._reset()
             return len(done)
         for s in done:
-            s.deliver(Cancelled("the request was cancelled or its deadline passed") if s.stopped
-                      else best_first(s.found, s.config.n_best))
+            _deliver(s, Cancelled("the request was cancelled or its deadline passed") if s.stopped
+                     else best_first(s.found, s.config.n_best))
         return len(done)
 
     def _admit(self) -> list[Sentence]:
@@ -175,30 +178,39 @@ class Engine:
         widest = max((s.src_len for s in self.live), default=0)
         owners = {id(s.owner) for s in self.live}
         with self.lock:
+            if self.stoppable:  # anywhere in the queue, not only at its head: a cancelled request leaves at once
+                waiting = deque()
+                for s in self.waiting:
+                    (cancelled if _asks_to_stop(s) else waiting).append(s)
+                self.waiting, self.stoppable = waiting, self.stoppable - len(cancelled)
             while self.waiting:
                 s = self.waiting[0]
-                if s.should_stop is not None and s.should_stop():
-                    cancelled.append(self.waiting.popleft())
-                    continue
                 if not self.share and owners and id(s.owner) not in owners:
                     break
                 new_rows, new_longest = rows + s.rows, max(longest, s.limit + 1)
                 new_widest = max(widest, s.src_len)
                 if rows and ((self.max_rows is not None and new_rows > self.max_rows) or
-                             (self.max_positions is not None and self.model.cache_positions(
-                                 new_rows, new_longest, source_width(new_widest)) > self.max_positions)):
+                             (self.max_positions is not None and self._positions(
+                                 new_rows, new_longest, new_widest) > self.max_positions)):
                     break
                 joined.append(self.waiting.popleft())
+                self.stoppable -= s.should_stop is not None
                 rows, longest, widest = new_rows, new_longest, new_widest
                 owners.add(id(s.owner))
         for s in cancelled:
-            s.deliver(Cancelled("the request was cancelled or its deadline passed before decoding"))
+            _deliver(s, Cancelled("the request was cancelled or its deadline passed before decoding"))
         return joined
+
+    def _positions(self, rows: int, longest: int, widest: int) -> int:
+        """The cache positions a batch of `rows` rows may reach: the model's count, plus the encoder memory that a
+        reorder in place (model.Memory) keeps allocated beyond those rows."""
+        held = 0 if self.memory is None else self.memory.excess_positions(rows)
+        return self.model.cache_positions(rows, longest, source_width(widest)) + held
 
     def _check_stops(self) -> bool:
         stopped = False
         for s in self.live:
-            if not s.stopped and s.should_stop is not None and s.should_stop():
+            if not s.stopped and _asks_to_stop(s):
                 s.stopped = stopped = True
         return stopped
 
@@ -309,6 +321,25 @@ class Engine:
         self.searches, self.where, self.live = {}, {}, []
         self.memory = self.state = self.reorder = None
         self.n_rows = 0
+
+
+def _asks_to_stop(s: Sentence) -> bool:
+    """s.should_stop(), if any; one that raises counts as a stop (the sentence leaves with Cancelled)."""
+    if s.should_stop is None:
+        return False
+    try:
+        return bool(s.should_stop())
+    except Exception:
+        log.exception("should_stop failed: the sentence leaves")
+        return True
+
+
+def _deliver(s: Sentence, result: list[Hypothesis] | BaseException) -> None:
+    """s.deliver(result); a deliver that raises is logged and does not stop the engine or the others' deliveries."""
+    try:
+        s.deliver(result)
+    except Exception:
+        log.exception("delivering a result failed")
 
 
 def source_width(n: int) -> int:

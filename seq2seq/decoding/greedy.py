@@ -98,6 +98,8 @@ class PathSearch:
         self.history = self.history.extend(keep, tokens, token_log_probs, attention)
         self.prev = tokens
         self.steps = self.steps + 1
+        if self.steps.numel():  # the columns the oldest live row needs, no more
+            self.history = self.history.last(int(self.steps.max()))
         return keep, keep, done
 
     def _finish(self, rows: list[int], leaving: Tensor, token_log_probs: Tensor,

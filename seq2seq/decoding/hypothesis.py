@@ -80,6 +80,14 @@ class History:
         return History(torch.cat([old_tokens, tokens[:, None]], dim=1),  # (N', t + 1)
                        torch.cat([old_log_probs, log_probs[:, None].float()], dim=1), new_attention, self.pad_id)
 
+    def last(self, t: int) -> "History":
+        """Only the last t steps (views): a search that keeps getting new sentences never empties, and without this
+        its columns would grow with every step of its life, not with its longest live row."""
+        if self.tokens.size(1) <= t:
+            return self
+        return History(self.tokens[:, -t:], self.log_probs[:, -t:],
+                       None if self.attention is None else self.attention[:, -t:], self.pad_id)
+
     def join(self, other: "History") -> "History":
         """These rows, then other's (rows that have just joined, usually with fewer steps)."""
         t = max(self.tokens.size(1), other.tokens.size(1))
