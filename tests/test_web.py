@@ -28,7 +28,7 @@ from seq2seq_api.translation.v1 import translator_pb2_grpc as pb_grpc
 from seq2seq_client.web import app as web_app
 from seq2seq_client.web.app import WebConfig, make_app, parse_args
 from seq2seq_client.web import libretranslate
-from seq2seq_client.web.libretranslate import alternatives_of
+from seq2seq_client.web.libretranslate import MAX_ALTERNATIVES, alternatives_of
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "fr-en-small"
@@ -50,17 +50,21 @@ def hypotheses(text: str, n: int) -> list[pb.Hypothesis]:
 
 
 class FakeTranslator(pb_grpc.TranslatorServicer):
-    """Records each request and its x-api-key; answers with `hypotheses`, or aborts with `error` = (code, message);
-    `delay` seconds before answering."""
+    """Records each Translate request and its x-api-key (GetModelInfo: a count); answers with `hypotheses`, or aborts
+    with `error` = (code, message); `delay` seconds before answering."""
 
     def __init__(self, name: str = "a", error: tuple[Code, str] | None = None, delay: float = 0.0):
         self.name, self.error, self.delay = name, error, delay
         self.requests: list = []
         self.keys: list[str | None] = []
+        self.infos = 0
 
     async def _enter(self, request, context) -> None:
-        self.requests.append(request)
-        self.keys.append(dict(context.invocation_metadata()).get("x-api-key"))
+        if isinstance(request, pb.GetModelInfoRequest):
+            self.infos += 1
+        else:
+            self.requests.append(request)
+            self.keys.append(dict(context.invocation_metadata()).get("x-api-key"))
         await asyncio.sleep(self.delay)
         if self.error:
             await context.abort(*self.error)
@@ -204,6 +208,42 @@ async def test_bad_translate_requests_get_libretranslates_400(body, message):
     async with gateway() as rig:
         assert await post(rig, "/translate", json=body) == (400, {"error": message})
         assert rig.fakes[0].requests == []
+
+
+@in_loop
+async def test_a_long_list_goes_in_requests_of_max_texts_and_blank_texts_come_back_empty():
+    async with gateway() as rig:  # the fake server's max_texts is 2
+        q = ["Un.", " ", "Deux.", "Trois.", "", "Quatre.", "Cinq."]
+        assert await post(rig, "/translate", json={"q": q, "source": "fr", "target": "en"}) == \
+            (200, {"translatedText": ["en:Un.", "", "en:Deux.", "en:Trois.", "", "en:Quatre.", "en:Cinq."]})
+        assert sorted(list(r.texts) for r in rig.fakes[0].requests) == [["Cinq."], ["Trois.", "Quatre."], ["Un.", "Deux."]]
+        assert await post(rig, "/translate", json={"q": "  ", "source": "fr", "target": "en"}) == \
+            (200, {"translatedText": ""})
+
+
+@pytest.mark.parametrize("data, content_type, message", [
+    (b'{"q": "a\\ud800b", "source": "fr", "target": "en"}', "application/json",
+     "Invalid request: q is not valid Unicode text"),
+    (b'{"q": "a", "source": "fr", "target": "en", "alternatives": 1e400}', "application/json",
+     "Invalid request: alternatives parameter is not a number"),
+    (b"q=\xff&source=fr&target=en", "application/x-www-form-urlencoded", "Invalid form data: "),
+    (b"q=a&source=fr&target=en", "application/x-www-form-urlencoded; charset=no-such-charset", "Invalid form data: "),
+])
+@in_loop
+async def test_bodies_that_are_not_text_are_a_400_not_a_500(data, content_type, message):
+    async with gateway() as rig:
+        status, reply = await post(rig, "/translate", data=data, headers={"Content-Type": content_type})
+        assert status == 400 and reply["error"].startswith(message), reply
+        assert rig.fakes[0].requests == []
+
+
+@in_loop
+async def test_a_huge_alternatives_reaches_the_server_as_its_limit_and_gets_its_400():
+    refusing = FakeTranslator(error=(Code.INVALID_ARGUMENT, "n_best must be at most 16"))
+    async with gateway(refusing) as rig:
+        body = {"q": "a", "source": "fr", "target": "en", "alternatives": 5_000_000_000}
+        assert await post(rig, "/translate", json=body) == (400, {"error": "n_best must be at most 16"})
+        assert rig.fakes[0].requests[0].options.n_best == MAX_ALTERNATIVES + 1
 
 
 @in_loop

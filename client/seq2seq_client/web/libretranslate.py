@@ -21,6 +21,7 @@ SOURCE, TARGET = "fr", "en"
 NAMES = {"en": "English", "fr": "French"}
 LANGUAGES = [{"code": "en", "name": "English", "targets": []}, {"code": "fr", "name": "French", "targets": ["en"]}]
 DETECTED = {"confidence": 100.0, "language": SOURCE}  # see LibreTranslate.detect
+MAX_ALTERNATIVES = 1 << 16  # alternatives are clamped to this before they become n_best (an int32 field)
 FRONTEND_TIMEOUT_MS = 500  # LibreTranslate's default --frontend-timeout: how long its page waits after a keystroke
 
 
@@ -51,7 +52,10 @@ async def read_fields(request: web.Request) -> dict:
         if not isinstance(body, dict):
             raise BadRequest("Invalid JSON format")
         return body
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, LookupError) as e:  # bytes that are not UTF-8 (UnicodeDecodeError), an unknown charset
+        raise BadRequest(f"Invalid form data: {e}")
     fields = {name: form.get(name) for name in form}
     qs = form.getall("q", [])
     if len(qs) > 1:
@@ -82,10 +86,16 @@ def parse_translate(fields: dict) -> tuple[list[str], bool, str, int]:
     texts = q if isinstance(q, list) else [q]
     if not all(isinstance(t, str) for t in texts):
         raise BadRequest("Invalid request: q must be a string or a list of strings")
+    for t in texts:
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800" from a string cut inside an emoji
+            raise BadRequest("Invalid request: q is not valid Unicode text")
     try:
         alternatives = max(0, int(fields.get("alternatives") or 0))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: 1e400 is inf in JSON
         raise BadRequest("Invalid request: alternatives parameter is not a number")
+    alternatives = min(alternatives, MAX_ALTERNATIVES)  # more: the servers' own 400 (n_best over their limit)
     check_pair(str(fields["source"]), str(fields["target"]))
     text_format = fields.get("format") or "text"
     if text_format not in ("text", "html"):
@@ -145,8 +155,7 @@ class LibreTranslate:
             if text_format == "html":
                 translated, others = await self.translate_html(texts, key), [[] for _ in texts]
             else:
-                request_pb = pb.TranslateRequest(texts=texts, options=decoding_options(alternatives))
-                results = (await self.replicas.translate(request_pb, key)).results
+                results = await self.translate_text(texts, decoding_options(alternatives), key)
                 translated, others = [r.text for r in results], [alternatives_of(r, alternatives) for r in results]
         except grpc.aio.AioRpcError as e:
             return grpc_error(e)
@@ -156,6 +165,20 @@ class LibreTranslate:
         if alternatives:
             body["alternatives"] = others if batch else others[0]
         return web.json_response(body)
+
+    async def translate_text(self, texts: list[str], options: pb.DecodingOptions, key: str | None) -> list:
+        """One TextResult per text. A blank text comes back "" (as in LibreTranslate, where our servers would refuse
+        the whole request); the others go in requests of at most the servers' max_texts, all at once."""
+        wanted = [i for i, t in enumerate(texts) if t.strip()]
+        size = await self.replicas.max_texts(key) if len(wanted) > 1 else 1
+        replies = await asyncio.gather(*(
+            self.replicas.translate(pb.TranslateRequest(texts=[texts[i] for i in wanted[j:j + size]], options=options),
+                                    key)
+            for j in range(0, len(wanted), size)))
+        results = [pb.TextResult() for _ in texts]
+        for i, result in zip(wanted, (r for reply in replies for r in reply.results)):
+            results[i] = result
+        return results
 
     async def translate_html(self, documents: list[str], key: str | None) -> list[str]:
         """Each document's text segments translated, with attention (which places the inline tags), and put back.
