@@ -29,7 +29,8 @@ class ServerConfig:
     max_batch_rows: int = opt(128, "decoder rows (beams, samples) in the running batch")
     max_cache_mb: float = opt(256.0, "key/value cache budget of the running batch; sentences wait for room")
     max_queue: int = opt(64, "requests waiting to join the batch (< --workers); more get RESOURCE_EXHAUSTED")
-    workers: int = opt(128, "gRPC handler threads: each request in progress holds one")
+    workers: int = opt(128, "gRPC handler threads: each translation in progress holds one, and one is kept for "
+                            "health checks: more than workers - 1 translations get RESOURCE_EXHAUSTED")
     max_texts: int = opt(64, "texts per request")
     max_chars: int = opt(5000, "characters per text")
     max_tokens: int = opt(256, "SentencePiece tokens per sentence (after splitting)")

@@ -6,6 +6,7 @@ Every error leaves through `errors.status_of`, so a request can fail but never t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ import grpc
 
 from seq2seq_api.translation.v1 import translator_pb2 as pb
 from seq2seq_api.translation.v1 import translator_pb2_grpc as pb_grpc
-from seq2seq.translator import Cancelled, Translator
+from seq2seq.translator import Cancelled, QueueFull, Translator
 
 from . import convert
 from .config import ServerConfig
@@ -31,6 +32,21 @@ class State:
         self.config, self.metrics = config, metrics
         self.translator: Translator | None = None
         self.info = pb.ModelInfo()
+        # A translation in progress (waiting or decoding) holds a handler thread; one thread stays free for health
+        # checks and model info, which would otherwise wait behind them (and a liveness probe would time out).
+        self.handler_limit = max(1, config.workers - 1)
+        self.handlers = threading.BoundedSemaphore(self.handler_limit)
+
+    @contextmanager
+    def handler(self):
+        """A handler thread for one translation, or QueueFull (RESOURCE_EXHAUSTED) at once if every one is taken."""
+        if not self.handlers.acquire(blocking=False):
+            raise QueueFull(f"{self.handler_limit} translations are in progress, the limit of {self.config.workers} "
+                            f"handler threads (--workers) less one kept for health checks; retry later")
+        try:
+            yield
+        finally:
+            self.handlers.release()
 
     def ready(self) -> Translator:
         if self.translator is None:
@@ -64,10 +80,11 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
         convert.check_texts(request.texts, self.state.config)
         config = convert.decode_config(request.options, self.state.config)
         split = request.split_sentences if request.HasField("split_sentences") else True
-        job = translator.submit(list(request.texts), config, split, attention_maps=request.return_attention,
-                                should_stop=lambda: not _active(context))
-        for n, result in job.results():
-            yield n, convert.text_result(result, request.return_scores)
+        with self.state.handler():
+            job = translator.submit(list(request.texts), config, split, attention_maps=request.return_attention,
+                                    should_stop=lambda: not _active(context))
+            for n, result in job.results():
+                yield n, convert.text_result(result, request.return_scores)
 
     @contextmanager
     def _rpc(self, method: str, context):

@@ -246,7 +246,8 @@ def test_translate_with_an_infinite_max_len_a_in_a_real_process_is_one_line():
     r = subprocess.run([sys.executable, "-m", "seq2seq.translate", "--max-len-a", "inf"], input="Bonjour.\n",
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == "seq2seq-translate: error: max_len_a must be a finite number, got inf\n"
+    assert r.stderr == ("seq2seq-translate: error: argument --max-len-a: max_len_a must be a finite number, got inf "
+                        "(see --help)\n")
 
 
 

@@ -320,6 +320,27 @@ def test_a_cancelled_request_stops_decoding_and_a_full_queue_is_resource_exhaust
     assert future.cancelled() and second.cancelled()
 
 
+def test_translations_in_progress_leave_a_handler_thread_for_health_checks(copy_model):
+    translator = Translator.from_checkpoint(copy_model / "best.pt", device="cpu")
+    translator.model = SlowModel(translator.model)
+    server = start(translator, max_queue=1, workers=3)  # batching on: both long requests decode at once
+    try:
+        with TranslatorClient(f"127.0.0.1:{server.port}", timeout=30) as c:
+            futures = [c.stub.Translate.future(c.request([text], LONG)) for text in ("ba ce", "ba")]
+            time.sleep(0.3)  # both in progress, each holding one of the 3 threads
+            with pytest.raises(grpc.RpcError) as e:
+                c.translate(["da"])
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "2 translations are in progress" in e.value.details()
+            assert health(server.port) == "SERVING"  # the thread kept free answers at once
+            for future in futures:
+                future.cancel()
+            time.sleep(0.3)
+            assert c.translate(["da"], {"beam_size": 1}).results[0].text  # the threads came back
+    finally:
+        server.stop(grace=0)
+
+
 def test_sigterm_finishes_in_flight_requests_goes_not_serving_and_exits_0(copy_model):
     env = dict(os.environ, SEQ2SEQ_MODEL=str(copy_model / "best.pt"), SEQ2SEQ_PORT="0", SEQ2SEQ_METRICS_PORT="-1",
                SEQ2SEQ_HOST="127.0.0.1", SEQ2SEQ_THREADS="1", SEQ2SEQ_PRECISION="fp32")
@@ -404,10 +425,12 @@ def test_client_cli_fails_in_one_line_when_the_server_is_down_or_rejects(server)
     r = run_client(["--server", "127.0.0.1:1", "--timeout", "5", "ba"])
     assert r.returncode == 1 and r.stderr.count("\n") == 1
     assert r.stderr.startswith("seq2seq-client: cannot reach a serving translator at 127.0.0.1:1")
-    r = run_client(["--server", f"127.0.0.1:{server.port}", "--beam-size", "0", "ba"])
-    assert r.returncode == 1 and r.stderr == "seq2seq-client: INVALID_ARGUMENT: beam_size must be >= 1, got 0\n"
-    r = run_client(["--server", f"127.0.0.1:{server.port}", "--beam-size", "-1", "ba"])  # protobuf cannot hold it
-    assert r.returncode == 2 and r.stderr.startswith("seq2seq-client: error:") and r.stderr.count("\n") == 1
+    r = run_client(["--server", f"127.0.0.1:{server.port}", "--n-best", "5", "ba"])  # over the server's beam 4
+    assert r.returncode == 1 and r.stderr == "seq2seq-client: INVALID_ARGUMENT: n_best (5) must be <= beam_size (4)\n"
+    for value in ("0", "-1"):  # out of its range: a flag error before any call (no server at 127.0.0.1:1)
+        r = run_client(["--server", "127.0.0.1:1", "--beam-size", value, "ba"])
+        assert (r.returncode, r.stderr) == (
+            2, f"seq2seq-client: error: argument --beam-size: beam_size must be >= 1, got {value} (see --help)\n")
     r = subprocess.run([sys.executable, "-m", "seq2seq_client.cli", "--server", f"127.0.0.1:{server.port}"],
                        input=b"caf\xe9\n", capture_output=True, cwd=ROOT, timeout=60)
     assert r.returncode == 1 and r.stderr.decode().startswith("seq2seq-client:") and r.stderr.count(b"\n") == 1

@@ -64,7 +64,8 @@ def test_translate_cli_keeps_lines_in_order_and_empty_lines(copy_model):
 
 def test_translate_cli_rejects_bad_options_in_one_line(copy_model):
     r = run_cli("seq2seq.translate", ["--model", str(copy_model / "best.pt"), "--top-p", "1.5"], "ba\n")
-    assert r.returncode == 2 and r.stderr.strip() == "seq2seq-translate: error: top_p must be in (0, 1], got 1.5"
+    assert r.returncode == 2
+    assert r.stderr.strip() == "seq2seq-translate: error: argument --top-p: top_p must be in (0, 1], got 1.5 (see --help)"
     r = run_cli("seq2seq.translate", ["--model", "/nowhere/model.pt"], "ba\n")
     assert r.returncode == 2 and "checkpoint not found: /nowhere/model.pt" in r.stderr
 

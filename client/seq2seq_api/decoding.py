@@ -69,6 +69,13 @@ def describe_range(f: dataclasses.Field) -> str:
     return f"<= {m['le']}" if m["le"] is not None else ""
 
 
+def out_of_range(f: dataclasses.Field, value: float) -> bool:
+    """Whether a number is outside the field's range (see `option`)."""
+    m = f.metadata
+    return ((m["ge"] is not None and value < m["ge"]) or (m["gt"] is not None and value <= m["gt"])
+            or (m["le"] is not None and value > m["le"]))
+
+
 @dataclass(frozen=True)
 class DecodeConfig(_DictMixin):
     """How to search for a translation: every decoding option, declared once (see `option`). Defaults follow the
@@ -108,9 +115,7 @@ class DecodeConfig(_DictMixin):
                 raise ConfigError(f"{f.name} must be a number, got {value!r}")
             if kind is float and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
-            m = f.metadata
-            if ((m["ge"] is not None and value < m["ge"]) or (m["gt"] is not None and value <= m["gt"])
-                    or (m["le"] is not None and value > m["le"])):
+            if out_of_range(f, value):
                 raise ConfigError(f"{f.name} must be {describe_range(f)}, got {value}")
         limit = self.num_samples if self.sample else self.beam_size
         if self.n_best > limit:

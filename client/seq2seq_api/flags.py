@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Any
 
-from .decoding import DecodeConfig, describe_range, field_kind
+from .decoding import DecodeConfig, describe_range, field_kind, out_of_range
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -39,8 +40,22 @@ def add_decode_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> 
             g.add_argument(flag, action="store_true", default=f.default if defaults else None, help=text)
             continue
         shown = "unset" if f.default is None else f.default
-        g.add_argument(flag, type=kind, default=f.default if defaults else None, metavar=f.name.upper(),
-                       help=f"{text} (default {shown})")
+        g.add_argument(flag, type=in_range(f, kind) if kind in (int, float) else kind,
+                       default=f.default if defaults else None, metavar=f.name.upper(), help=f"{text} (default {shown})")
+
+
+def in_range(f: dataclasses.Field, kind: type):
+    """argparse type of a numeric DecodeConfig field: a value out of its range is a flag error (exit 2) before any
+    work, with DecodeConfig's message (the client would otherwise ask a server first)."""
+    def parse(text: str):
+        value = kind(text)  # a ValueError: argparse's "invalid int value: 'two'"
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{f.name} must be a finite number, got {text}")
+        if out_of_range(f, value):
+            raise argparse.ArgumentTypeError(f"{f.name} must be {describe_range(f)}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its message for a value that does not parse
+    return parse
 
 
 def decode_options_from_args(args: argparse.Namespace) -> dict[str, Any]:

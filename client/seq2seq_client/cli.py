@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("SEQ2SEQ_API_KEY", ""), help="(env SEQ2SEQ_API_KEY)")
     p.add_argument("--tls-ca", default="", help="PEM file of the CA to trust: TLS on")
     p.add_argument("--load-balancing", default="pick_first", choices=["pick_first", "round_robin"])
-    p.add_argument("--no-split", action="store_true", help="translate each text whole, not sentence by sentence")
+    p.add_argument("--no-split", action="store_true", help="translate each line whole, not sentence by sentence")
     p.add_argument("--scores", action="store_true", help="ask for scores and per-token log-probabilities")
     p.add_argument("--json", action="store_true", help="one JSON object per text (all hypotheses, scores)")
     p.add_argument("--stream", action="store_true", help="use TranslateStream: each result as soon as it is done")
