@@ -20,13 +20,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from seq2seq_api.translation.v1 import translator_pb2 as pb
-from seq2seq_api.translation.v1 import translator_pb2_grpc as pb_grpc
 from seq2seq.checkpoint import default_model
 from seq2seq.translator import Translator
 
 from .config import ServerConfig
 from .metrics import Metrics
-from .servicer import State, TranslatorServicer
+from .servicer import State, TranslatorServicer, add_to_server
 
 log = logging.getLogger("server")
 SERVICE = pb.DESCRIPTOR.services_by_name["Translator"].full_name  # "translation.v1.Translator"
@@ -48,7 +47,7 @@ class Server:
             interceptors=[ApiKeyInterceptor(keys)] if keys else [],
             options=[("grpc.max_receive_message_length", config.max_message_bytes),
                      ("grpc.max_send_message_length", 256 * 1024 * 1024)])
-        pb_grpc.add_TranslatorServicer_to_server(TranslatorServicer(self.state), self.grpc)
+        add_to_server(TranslatorServicer(self.state), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if config.reflection:
             names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)

@@ -12,10 +12,11 @@ import uuid
 from contextlib import contextmanager
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from seq2seq_api.translation.v1 import translator_pb2 as pb
 from seq2seq_api.translation.v1 import translator_pb2_grpc as pb_grpc
-from seq2seq.translator import Cancelled, QueueFull, Translator
+from seq2seq.translator import Cancelled, InputError, QueueFull, Translator
 
 from . import convert
 from .config import ServerConfig
@@ -36,6 +37,8 @@ class State:
         # checks and model info, which would otherwise wait behind them (and a liveness probe would time out).
         self.handler_limit = max(1, config.workers - 1)
         self.handlers = threading.BoundedSemaphore(self.handler_limit)
+        self.in_progress = 0  # translations holding a handler thread now (read by tests)
+        self._count = threading.Lock()
 
     @contextmanager
     def handler(self):
@@ -43,9 +46,13 @@ class State:
         if not self.handlers.acquire(blocking=False):
             raise QueueFull(f"{self.handler_limit} translations are in progress, the limit of {self.config.workers} "
                             f"handler threads (--workers) less one kept for health checks; retry later")
+        with self._count:
+            self.in_progress += 1
         try:
             yield
         finally:
+            with self._count:
+                self.in_progress -= 1
             self.handlers.release()
 
     def ready(self) -> Translator:
@@ -76,6 +83,8 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
     # ---- one request: convert -> submit -> convert, each text as it completes -----------------------------------
 
     def _translate(self, request: pb.TranslateRequest, context):
+        if isinstance(request, Unreadable):
+            raise InputError(request.message)
         translator = self.state.ready()
         convert.check_texts(request.texts, self.state.config)
         config = convert.decode_config(request.options, self.state.config)
@@ -115,6 +124,34 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
             self.state.metrics.latency.labels(method).observe(seconds)
             log.info("rpc", extra={"method": method, "code": code.name, "ms": round(1000 * seconds, 1),
                                    "peer": context.peer()})
+
+
+class Unreadable:
+    """A request whose bytes protobuf could not parse (e.g. a string field that is not UTF-8, which clients in other
+    languages can send): the RPC answers INVALID_ARGUMENT, where grpc's own parsing would answer INTERNAL."""
+
+    def __init__(self, what: str, error: DecodeError):
+        self.message = f"the request is not a valid {what}: {error} (string fields must be UTF-8)"
+
+
+def add_to_server(servicer: TranslatorServicer, server: grpc.Server) -> None:
+    """pb_grpc.add_TranslatorServicer_to_server, with request parsing that gives Unreadable instead of raising. The
+    methods and their types come from the proto's descriptor."""
+    service = pb.DESCRIPTOR.services_by_name["Translator"]
+    handlers = {}
+    for method in service.methods:
+        request_type, response_type = (getattr(pb, t.name) for t in (method.input_type, method.output_type))
+
+        def parse(data: bytes, request_type=request_type):
+            try:
+                return request_type.FromString(data)
+            except DecodeError as e:
+                return Unreadable(request_type.DESCRIPTOR.full_name, e)
+
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(getattr(servicer, method.name), request_deserializer=parse,
+                                     response_serializer=response_type.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 def _active(context) -> bool:

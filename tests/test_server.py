@@ -162,6 +162,20 @@ def test_bad_input_gets_its_status_code_and_message(server, client, texts, optio
     assert health(server.port) == "SERVING"
 
 
+def test_a_request_protobuf_cannot_parse_is_invalid_argument_not_internal(server):
+    """Other languages' clients can send a string field that is not UTF-8; grpc's own parsing answered INTERNAL."""
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        for method, reply in (("Translate", pb.TranslateResponse), ("TranslateStream", pb.TranslateStreamResponse)):
+            call = (channel.unary_stream if method.endswith("Stream") else channel.unary_unary)(
+                f"/translation.v1.Translator/{method}", request_serializer=bytes, response_deserializer=reply.FromString)
+            with pytest.raises(grpc.RpcError) as e:
+                result = call(b"\x0a\x03b\xffa", timeout=10)  # texts = ["b\xffa"]: field 1, 3 bytes, not UTF-8
+                list(result) if method.endswith("Stream") else result
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid translation.v1.TranslateRequest" in e.value.details()
+    assert health(server.port) == "SERVING"
+
+
 def test_an_oversized_message_is_resource_exhausted(translator):
     server = start(translator, max_message_bytes=1000)
     try:
@@ -327,7 +341,10 @@ def test_translations_in_progress_leave_a_handler_thread_for_health_checks(copy_
     try:
         with TranslatorClient(f"127.0.0.1:{server.port}", timeout=30) as c:
             futures = [c.stub.Translate.future(c.request([text], LONG)) for text in ("ba ce", "ba")]
-            time.sleep(0.3)  # both in progress, each holding one of the 3 threads
+            deadline = time.monotonic() + 20  # a loaded machine can take a while to start both
+            while server.state.in_progress < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert server.state.in_progress == 2  # both in progress, each holding one of the 3 threads
             with pytest.raises(grpc.RpcError) as e:
                 c.translate(["da"])
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
