@@ -400,7 +400,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# oneDNN, which computes bf16 matrix products on CPU, compiles and keeps a kernel with its scratch memory for every
+# matrix shape it meets, up to 1,024 of them by default. Token-count batches bring new shapes at every step, and a
+# one-core run's memory grew past 20 GB within 900 steps (killed by the kernel); with 256 kept it stayed at ~2.9 GB
+# at the same speed (docs/training-log.md, 2026-12-02). Read when the first kernel is made; a value of yours stays.
+ONEDNN_CACHE = "256"
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     try:

@@ -351,3 +351,15 @@ def test_spm_data_real_trains_the_vocabulary_on_each_real_corpus_once(tmp_path, 
     from seq2seq.config import ConfigError, DataConfig
     with pytest.raises(ConfigError, match="spm_data must be 'mix' or 'real', got 'all'"):
         DataConfig(train=(copy_corpus["train"],), spm_data="all")
+
+
+def test_training_caps_onednn_kernel_cache_and_keeps_a_users_value(tmp_path, monkeypatch, capsys):
+    # 1,024 kernels (oneDNN's default) let a one-core bf16 run grow past 20 GB; seq2seq-train keeps 256 unless told
+    missing = str(tmp_path / "missing.yaml")
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    assert train_main(["--config", missing, "--out", str(tmp_path / "a")]) == 2
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    assert train_main(["--config", missing, "--out", str(tmp_path / "b")]) == 2
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    assert "config file not found" in capsys.readouterr().err
