@@ -52,6 +52,18 @@ SWEEP = {
     "lr1.0": ("lr_scale 1.0 (the paper's schedule) instead of 0.5", {"train": {"lr_scale": 1.0}}),
 }
 
+# The one-sitting question (2026-12-02, sixth sitting): runs do not outlive a sitting here, so could a shorter
+# schedule reach the shipped model's level in fewer steps? Real pairs only (no back-translated captions: their
+# en→fr model was lost), the third attempt's vocabulary (spm_data: real), the real warmup of 1,000 steps, 75 minutes,
+# dev BLEU every 500 steps. Run side by side, each pinned to one core, so that both get the same machine:
+#   taskset -c 0 env OMP_NUM_THREADS=1 python scripts/sweep.py --runs ~/runs/sweep2 --only v2-real &
+#   taskset -c 1 env OMP_NUM_THREADS=1 python scripts/sweep.py --runs ~/runs/sweep2 --only v2-real-lr1.0
+V2_REAL = {"data": {"bt_tag": False, "spm_data": "real", "train": [{"path": M30K, "weight": 3}, TATOEBA]},
+           "train": {"max_minutes": 75, "warmup_steps": 1000, "eval_every": 500, "save_every": 500}}
+SWEEP["v2-real"] = ("real pairs, vocabulary from each real corpus once, lr_scale 0.5, 75 min on one core", V2_REAL)
+SWEEP["v2-real-lr1.0"] = ("as v2-real with lr_scale 1.0 (the paper's schedule)",
+                          {**V2_REAL, "train": {**V2_REAL["train"], "lr_scale": 1.0}})
+
 
 def merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
