@@ -20,6 +20,7 @@ A layout PxT is P processes with T threads each. Run it on a quiet machine: noth
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -33,6 +34,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from seq2seq.backtranslate import read_lines  # noqa: E402
+
 STEP_TOKENS = 8000
 
 
@@ -78,11 +82,11 @@ def backtranslate(layout: str, args, work: Path, env: dict) -> list[float]:
     processes, threads = map(int, layout.split("x"))
     out = work / f"bt-{layout}-{time.monotonic_ns()}"
     out.mkdir()
-    lines = subprocess.run(f"zcat -f {args.bt_input} | head -n {args.lines}", shell=True, capture_output=True,
-                           text=True, check=True).stdout.splitlines(keepends=True)
+    lines = args.bt_lines
     size = -(-len(lines) // processes)
     for k in range(processes):
-        (out / f"part{k}.txt").write_text("".join(lines[k * size:(k + 1) * size]), encoding="utf-8")
+        (out / f"part{k}.txt").write_text("".join(line + "\n" for line in lines[k * size:(k + 1) * size]),
+                                          encoding="utf-8")
     env = {**env, "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     running = [subprocess.Popen([sys.executable, "-m", "seq2seq.backtranslate", "--model", args.bt_model, "--input",
@@ -112,6 +116,8 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     measure = run if args.task == "train" else backtranslate
+    if args.task == "backtranslate":  # read once, cut into parts for every layout and round
+        args.bt_lines = list(itertools.islice(read_lines(Path(args.bt_input)), args.lines))
     env = environment()
     windows: dict[str, list[float]] = {layout: [] for layout in args.layouts}
     with tempfile.TemporaryDirectory() as tmp:

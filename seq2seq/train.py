@@ -402,7 +402,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # oneDNN, which computes bf16 matrix products on CPU, compiles and keeps a kernel with its scratch memory for every
 # matrix shape it meets, up to 1,024 of them by default. Token-count batches bring new shapes at every step, and a
-# one-core run's memory grew past 20 GB within 900 steps (killed by the kernel); with 256 kept it stayed at ~2.9 GB
+# one-core run's memory grew past 20 GB within 900 steps (killed by the kernel); with 256 kept it stayed under 3.3 GB
 # at the same speed (docs/training-log.md, 2026-12-02). Read when the first kernel is made; a value of yours stays.
 ONEDNN_CACHE = "256"
 
