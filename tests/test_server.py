@@ -287,6 +287,14 @@ class SlowModel:
         return self.model.decode_step(*args)
 
 
+def wait_until(condition, seconds: float = 20) -> bool:
+    """Polls `condition` until it holds or `seconds` pass; returns whether it held."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(condition())
+
+
 LONG = {"beam_size": 1, "min_len": 400, "max_len_b": 1000}  # 400+ steps: 8+ s unless stopped
 
 
@@ -318,9 +326,9 @@ def test_a_cancelled_request_stops_decoding_and_a_full_queue_is_resource_exhaust
     model.steps = 0
     with TranslatorClient(f"127.0.0.1:{server.port}", timeout=30) as c:
         future = c.stub.Translate.future(c.request(["ba ce"], LONG))
-        time.sleep(0.3)  # decoding
+        assert wait_until(lambda: model.steps > 0)  # decoding (polled, not slept: a loaded machine can be slow)
         second = c.stub.Translate.future(c.request(["ba"], LONG))  # waits in the queue (max_queue 1)
-        time.sleep(0.1)
+        assert wait_until(lambda: server.state.translator.engine.waiting)
         with pytest.raises(grpc.RpcError) as e:  # a third one finds the queue full
             c.translate(["da"])
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the limit is 1" in e.value.details()
@@ -337,14 +345,16 @@ def test_a_cancelled_request_stops_decoding_and_a_full_queue_is_resource_exhaust
 def test_translations_in_progress_leave_a_handler_thread_for_health_checks(copy_model):
     translator = Translator.from_checkpoint(copy_model / "best.pt", device="cpu")
     translator.model = SlowModel(translator.model)
-    server = start(translator, max_queue=1, workers=3)  # batching on: both long requests decode at once
+    # Batching on: both long requests decode at once. max_queue=2, not 1: on a loaded machine the second request can
+    # arrive before the first has joined the batch, and a queue of one would refuse it (QueueFull) instead of the
+    # handler limit this test is about.
+    server = start(translator, max_queue=2, workers=3)
     try:
         with TranslatorClient(f"127.0.0.1:{server.port}", timeout=30) as c:
             futures = [c.stub.Translate.future(c.request([text], LONG)) for text in ("ba ce", "ba")]
-            deadline = time.monotonic() + 20  # a loaded machine can take a while to start both
-            while server.state.in_progress < 2 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert server.state.in_progress == 2  # both in progress, each holding one of the 3 threads
+            wait_until(lambda: server.state.in_progress == 2)  # a loaded machine can take a while to start both
+            failed = [f.exception() for f in futures if f.done()]
+            assert server.state.in_progress == 2, failed  # both in progress, each holding one of the 3 threads
             with pytest.raises(grpc.RpcError) as e:
                 c.translate(["da"])
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
