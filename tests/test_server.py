@@ -362,7 +362,7 @@ def test_translations_in_progress_leave_a_handler_thread_for_health_checks(copy_
             assert health(server.port) == "SERVING"  # the thread kept free answers at once
             for future in futures:
                 future.cancel()
-            time.sleep(0.3)
+            assert wait_until(lambda: server.state.in_progress == 0)
             assert c.translate(["da"], {"beam_size": 1}).results[0].text  # the threads came back
     finally:
         server.stop(grace=0)
