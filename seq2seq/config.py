@@ -195,6 +195,13 @@ class TrainConfig(_DictMixin):
     # Continued training (fairseq's --restore-file with --reset-dataloader): a new run starts from this checkpoint's
     # weights, tokenizer, optimizer, schedule, step and clock (so max_minutes counts both runs), on its own data.
     init_from: str | None = None
+    # fairseq's --reset-optimizer (with --reset-lr-scheduler): only the weights and tokenizer of init_from are kept,
+    # which may then also be an averaged checkpoint or an exported model directory. Adam starts afresh, the step
+    # counter at init_step (default: the step init_from records), and eq. 3's rate from there is reached through a
+    # linear warmup of rewarmup_steps (a fresh Adam's first updates are large). The clock starts at 0.
+    reset_optimizer: bool = False
+    init_step: int = 0
+    rewarmup_steps: int = 200
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -203,5 +210,7 @@ class TrainConfig(_DictMixin):
             raise ConfigError("accum_steps and warmup_steps must be >= 1 and max_steps >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.init_step < 0 or self.rewarmup_steps < 1:
+            raise ConfigError("init_step must be >= 0 and rewarmup_steps >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")

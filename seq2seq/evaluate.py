@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,22 @@ def score(hypotheses: list[str], references: list[str]) -> dict:
     b, c = bleu.corpus_score(hypotheses, [references]), chrf.corpus_score(hypotheses, [references])
     return {"bleu": round(b.score, 2), "chrf": round(c.score, 2), "bleu_signature": str(bleu.get_signature()),
             "chrf_signature": str(chrf.get_signature()), "bleu_detail": str(b), "sentences": len(hypotheses)}
+
+
+def keyword_hits(hypotheses: list[str], keywords: list[str]) -> list[bool]:
+    """The key-word check of data/everyday: a line's groups (`;`-separated) must each have one of their alternatives
+    (`/`-separated) in the hypothesis, case-insensitive, as whole words, which from four letters on may take an English
+    ending ("rain" takes "raining"; "hi" is only "hi"); an alternative ending in `*` is a prefix ("leav*" takes
+    "leave" and "leaving")."""
+    def pattern(alt: str) -> str:
+        alt = alt.strip().lower()
+        if alt.endswith("*"):
+            return r"\b" + re.escape(alt[:-1])
+        return r"\b" + re.escape(alt) + (r"(?:s|es|ed|ing|y|ly)?" if len(alt) >= 4 else "") + r"\b"
+
+    def hit(hyp: str, groups: str) -> bool:
+        return all(any(re.search(pattern(alt), hyp.lower()) for alt in group.split("/")) for group in groups.split(";"))
+    return [hit(h, k) for h, k in zip(hypotheses, keywords, strict=True)]
 
 
 @torch.no_grad()

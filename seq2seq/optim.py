@@ -23,6 +23,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, d_model: int) -> t
                                  weight_decay=cfg.weight_decay)
     # LambdaLR calls the lambda with the number of scheduler.step() calls so far; the update about to happen is
     # number (that + 1).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda n: learning_rate(n + 1, d_model, cfg.warmup_steps, cfg.lr_scale))
-    return optimizer, scheduler
+    if not cfg.reset_optimizer:
+        rate = lambda n: learning_rate(n + 1, d_model, cfg.warmup_steps, cfg.lr_scale)  # noqa: E731
+    else:  # a continuation with a fresh Adam: eq. 3 at the step reached, approached linearly over rewarmup_steps
+        rate = lambda n: (min(1.0, (n + 1) / cfg.rewarmup_steps)  # noqa: E731
+                          * learning_rate(cfg.init_step + n + 1, d_model, cfg.warmup_steps, cfg.lr_scale))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, rate)

@@ -44,7 +44,7 @@ log = logging.getLogger("seq2seq.train")
 class Run:
     """Everything a training run holds: configs, tokenizer, data, model, optimizer, and where it stands."""
 
-    def __init__(self, out: Path, sections: dict, resume: dict | None):
+    def __init__(self, out: Path, sections: dict, resume: dict | None, weights_only: bool = False):
         self.out, self.rank, self.world = out, dist.get_rank() if dist.is_initialized() else 0, \
             dist.get_world_size() if dist.is_initialized() else 1
         _, self.data_cfg, self.train_cfg = build(sections)
@@ -64,7 +64,10 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.step, self.best_bleu, self.bad_evals, self.elapsed = 0, -1.0, 0, 0.0
         self.continued_from: str | None = None  # train.init_from, in the first sitting of a continued run
-        if resume:
+        if resume and weights_only:  # train.reset_optimizer: a fresh Adam and schedule from train.init_step
+            self.model.load_state_dict(resume["model"])
+            self.step = t.init_step
+        elif resume:
             self._restore(resume)
         self.net = torch.compile(self.model) if t.compile else self.model
         if self.world > 1:
@@ -212,11 +215,18 @@ def _start(sections: dict) -> dict | None:
     if not str(path).strip():
         raise ConfigError("train.init_from is empty: give a step checkpoint (checkpoint_*.pt)")
     start = ckpt.load(Path(path).expanduser())
-    if not {"optimizer", "scheduler", "state"} <= set(start):
-        raise ConfigError(f"train.init_from needs a step checkpoint (checkpoint_*.pt) with its optimizer; {path} is "
-                          "an exported or averaged model")
     train = TrainConfig.from_dict(sections["train"])
-    step, minutes = start["state"]["step"], start["state"]["elapsed"] / 60
+    if train.reset_optimizer:  # weights only: any checkpoint or model directory, the clock from 0
+        step, minutes = train.init_step or start.get("state", {}).get("step", 0), 0.0
+        if not step:
+            raise ConfigError(f"{path} records no training step: give train.init_step, the step it was trained to "
+                              "(its model card says), so that the learning rate goes on from there")
+        sections["train"]["init_step"] = step
+    elif not {"optimizer", "scheduler", "state"} <= set(start):
+        raise ConfigError(f"train.init_from needs a step checkpoint (checkpoint_*.pt) with its optimizer; {path} is "
+                          "an exported or averaged model (train.reset_optimizer takes those)")
+    else:
+        step, minutes = start["state"]["step"], start["state"]["elapsed"] / 60
     if step >= train.max_steps or (train.max_minutes and minutes >= train.max_minutes):
         raise ConfigError(f"{path} already stands at step {step} after {minutes:.1f} minutes: max_steps "
                           f"({train.max_steps}) and max_minutes ({train.max_minutes:g}) count from the start of that "
@@ -419,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         resume = ckpt.load(latest) if latest else None
         sections = _sections(args, resume)
         start = None if resume else _start(sections)
-        run = Run(out, sections, resume or start)
+        run = Run(out, sections, resume or start, weights_only=bool(start) and sections["train"].get("reset_optimizer"))
         if start:
             run.best_bleu, run.bad_evals = -1.0, 0  # a new run: its own best.pt and patience, on its own data
             run.continued_from = sections["train"]["init_from"]

@@ -363,3 +363,43 @@ def test_training_caps_onednn_kernel_cache_and_keeps_a_users_value(tmp_path, mon
     assert train_main(["--config", missing, "--out", str(tmp_path / "b")]) == 2
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_reset_optimizer_keeps_the_weights_and_warms_up_into_eq_3_at_the_step_reached(tmp_path, copy_corpus, capsys):
+    from seq2seq.optim import learning_rate
+
+    cfg = tiny_config(tmp_path, copy_corpus, max_steps=20, eval_every=0, save_every=20, warmup_steps=10)
+    assert train_main(["--config", cfg, "--out", str(tmp_path / "base")]) == 0
+    exported = ckpt.save_model_dir(ckpt.load(tmp_path / "base" / "checkpoint_00000020.pt"), tmp_path / "model")
+    # A model directory records no step: the run needs init_step, and says so.
+    reset = ["--reset-optimizer", "true", "--rewarmup-steps", "4", "--max-steps", "30", "--save-every", "5"]
+    code = train_main(["--config", cfg, "--out", str(tmp_path / "x"), "--init-from", str(exported), *reset])
+    assert code == 2 and "give train.init_step" in capsys.readouterr().err
+    assert train_main(["--config", cfg, "--out", str(tmp_path / "c"), "--init-from", str(exported), "--init-step",
+                       "20", *reset]) == 0
+    first = ckpt.load(tmp_path / "c" / "checkpoint_00000025.pt")
+    assert first["configs"]["train"]["init_step"] == 20 and first["state"]["elapsed"] < 60  # the clock from 0
+    # eq. 3 at steps 21, 22, ... times 1/4, 2/4, 3/4, then 1: the rates Adam used, as the scheduler gives them
+    lrs = [r["lr"] for r in (json.loads(x) for x in (tmp_path / "c" / "log.jsonl").read_text().splitlines())
+           if "lr" in r]
+    d = first["configs"]["model"]["d_model"]
+    assert lrs[0] == pytest.approx(learning_rate(25, d, 10, 2.0))  # the 5th update of the continuation: warm
+    from seq2seq.config import TrainConfig
+    from seq2seq.optim import build_optimizer
+    model = Transformer(ModelConfig.from_dict(first["configs"]["model"]))
+    _, scheduler = build_optimizer(model, TrainConfig.from_dict(first["configs"]["train"]), d)
+    rates = [scheduler.lr_lambdas[0](n) for n in range(6)]  # base lr 1: the lambda is the rate of update n + 1
+    assert rates == pytest.approx([learning_rate(21 + i, d, 10, 2.0) * min(1, (i + 1) / 4) for i in range(6)])
+    # The weights it starts from are the export's (fp16 on disk): with a warmup too long to move them, 5 steps later
+    # they are still the export's, and far from a fresh initialisation.
+    assert train_main(["--config", cfg, "--out", str(tmp_path / "still"), "--init-from", str(exported), "--init-step",
+                       "20", *reset, "--rewarmup-steps", "1000000000", "--max-steps", "25"]) == 0
+    start = ckpt.load(exported)["model"]
+    still = ckpt.load(tmp_path / "still" / "checkpoint_00000025.pt")["model"]
+    assert max((still[k] - start[k]).abs().max().item() for k in start) < 1e-5
+    fresh = Transformer(ModelConfig.from_dict(first["configs"]["model"])).state_dict()
+    assert max((fresh[k] - start[k]).abs().max().item() for k in start) > 0.1
+    # It resumes from its own checkpoints like any run: same init_step, the schedule goes on.
+    assert train_main(["--config", cfg, "--out", str(tmp_path / "c"), "--max-steps", "35"]) == 0
+    assert sorted(records(tmp_path / "c"))[-1] == 35
+    assert ckpt.load(tmp_path / "c" / "checkpoint_00000035.pt")["configs"]["train"]["init_step"] == 20
