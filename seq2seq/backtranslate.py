@@ -7,28 +7,25 @@
 writes OUT.fr.gz (the model's output) and OUT.en.gz (the input lines), aligned, which `data.train` reads as
 `{path: OUT, synthetic: true}`. Resumable: chunks of --chunk-lines input lines are appended to OUT.{fr,en}.part and
 OUT.state.json records the chunks done and the options; the same command continues after a kill and refuses other
-options. It knows files and the Translator, not tensors.
+options. Over several processes, `torchrun --nproc-per-node N -m seq2seq.backtranslate ...` (seq2seq.shards): the
+same files, each rank writing its chunks apart and rank 0 joining them. It knows files and the Translator, not
+tensors.
 """
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
-import json
 import logging
-import os
-import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from . import shards
 from .checkpoint import CheckpointError
 from .config import PRECISIONS, ConfigError, DecodeConfig
 from .options import ArgumentParser, add_decode_flags, decode_options_from_args
+from .shards import Output, read_lines, sha256  # noqa: F401 (read_lines: bench/train_layout.py imports it here)
 from .tokenizer import Tokenizer
 from .translator import InputError, Translator
 
@@ -62,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("chunk_lines", "limit", "max_input_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.limit and shards.world_size() > 1:
+        p.error("--limit needs one process: under torchrun the ranks translate the whole input")
     if args.seed is None:
         args.seed = 1
     return args
@@ -80,125 +79,6 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
     if sampling:
         raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in sampling)} need(s) --sample")
     return DecodeConfig(**{"beam_size": 4, **given})
-
-
-# ---- files -----------------------------------------------------------------------------------------------------------
-
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
-def read_lines(path: Path, start: int = 0) -> Iterator[str]:
-    """The lines of a plain or gzipped UTF-8 file from line `start` on, without their "\\n"."""
-    with _open_text(path) as f:
-        for n, line in enumerate(f):
-            if n >= start:
-                yield line.rstrip("\n")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_gzip(part: Path, out: Path) -> None:
-    """part (plain text) -> out.gz, atomically; no name and mtime 0 in the header, so equal text gives equal bytes."""
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    with open(part, "rb") as src, open(tmp, "wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-        shutil.copyfileobj(src, gz)
-    os.replace(tmp, out)
-
-
-# ---- the corpus being written ----------------------------------------------------------------------------------------
-
-class Output:
-    """OUT.{lang}.part files (appended a chunk at a time) and OUT.state.json (what is committed, written atomically
-    after each whole chunk). A resumed run truncates the part files to the committed sizes, so a chunk half-written
-    by a killed run, or a chunk cut short by --limit, is done again whole."""
-
-    def __init__(self, prefix: str, langs: tuple[str, str], options: dict):
-        self.prefix, self.langs, self.options = prefix, langs, options  # langs = (synthetic side, input side)
-        self.state_path = Path(f"{prefix}.state.json")
-        self.parts = {lang: Path(f"{prefix}.{lang}.part") for lang in langs}
-        self.finals = {lang: Path(f"{prefix}.{lang}.gz") for lang in langs}
-        self.state = {"options": options, "chunks_done": 0, "bytes": {lang: 0 for lang in langs},
-                      "counts": dict.fromkeys(COUNTS, 0), "written": dict.fromkeys(COUNTS, 0), "complete": False}
-        if self.state_path.is_file():
-            self._load()
-        elif any(p.exists() for p in self.finals.values()):
-            raise BacktranslateError(f"{prefix}.*.gz exist(s) but {self.state_path} does not: not overwriting; "
-                                     "choose another --out")
-
-    def _load(self) -> None:
-        try:
-            saved = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise BacktranslateError(f"unreadable {self.state_path}: {e}; delete it to start over") from None
-        if saved.get("options") != self.options:
-            keys = sorted(k for k in {*self.options, *saved.get("options", {})}
-                          if saved.get("options", {}).get(k) != self.options.get(k))
-            raise BacktranslateError(f"{self.state_path} was made with other options (differing: {', '.join(keys)}): "
-                                     "rerun with the same ones, or choose another --out")
-        self.state = saved
-
-    @property
-    def complete(self) -> bool:
-        return self.state["complete"] and all(p.is_file() for p in self.finals.values())
-
-    def open(self) -> None:
-        """Part files at the committed sizes, open for appending."""
-        if self.state["complete"]:
-            raise BacktranslateError(f"{self.state_path} says complete but {self.prefix}.*.gz are missing: delete "
-                                     "the state file to start over")
-        self.files = {}
-        for lang, path in self.parts.items():
-            size = self.state["bytes"][lang]
-            if path.exists() and path.stat().st_size < size or not path.exists() and size:
-                raise BacktranslateError(f"{path} is shorter than {self.state_path} says: delete both to start over")
-            f = self.files[lang] = open(path, "r+b" if path.exists() else "w+b")
-            f.truncate(size)
-            f.seek(size)
-        self._save()  # from now on the state file explains the output files
-
-    def _save(self) -> None:
-        write_atomic(self.state_path, json.dumps(self.state, indent=1) + "\n")
-
-    def append(self, pairs: list[tuple[str, str]]) -> None:
-        for side, lang in enumerate(self.langs):
-            self.files[lang].write("".join(p[side] + "\n" for p in pairs).encode("utf-8"))
-            self.files[lang].flush()
-            os.fsync(self.files[lang].fileno())
-
-    def commit(self, chunk: int, counts: dict[str, int]) -> None:
-        self.state.update(chunks_done=chunk + 1, counts=dict(counts),
-                          bytes={lang: f.tell() for lang, f in self.files.items()})
-        self._save()
-
-    def finish(self, counts: dict[str, int], input_exhausted: bool) -> None:
-        """Write OUT.{lang}.gz from the part files and record what they hold (`written`: the committed chunks plus a
-        chunk cut short by --limit); when the whole input is done, mark complete and drop the part files."""
-        for f in self.files.values():
-            f.close()
-        for lang in self.langs:
-            write_gzip(self.parts[lang], self.finals[lang])
-        self.state.update(written=dict(counts), complete=input_exhausted)
-        self._save()
-        if input_exhausted:
-            for path in self.parts.values():
-                path.unlink()
 
 
 # ---- translating -----------------------------------------------------------------------------------------------------
@@ -250,7 +130,9 @@ def languages(payload: dict, args: argparse.Namespace) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, int]:
-    """Steps 1–4: check the inputs, open (or resume) the output, translate the remaining chunks, write the .gz."""
+    """Steps 1–4: check the inputs, open (or resume) this process's output, translate its chunks, write the .gz.
+    Under torchrun each rank does this for its chunks, into a part of its own, and rank 0 then joins the parts."""
+    shard = shards.start()
     # 1. The inputs and the options a resumed run must share (not --limit or --device: where and how far, not what).
     config = decode_config(args)
     source = Path(args.input)
@@ -265,35 +147,34 @@ def run(args: argparse.Namespace) -> dict[str, int]:
                "max_input_tokens": args.max_input_tokens, "precision": args.precision}
     # 2. The output, resumed where its state says.
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    out = Output(args.out, (tgt_lang, src_lang), options)
-    if out.complete:
+    final = Output(args.out, {lang: Path(f"{args.out}.{lang}.gz") for lang in (tgt_lang, src_lang)}, options, COUNTS)
+    if final.complete:
         log.info("%s.{%s,%s}.gz are complete: nothing to do", args.out, tgt_lang, src_lang)
-        return out.state["counts"]
-    out.open()
-    translator = Translator.from_checkpoint(args.model, device=args.device, precision=args.precision,
-                                            max_input_tokens=args.max_input_tokens)
-    tokenizer = Tokenizer(payload["tokenizer"])
+        return final.state["counts"]
+    out = shards.share(final, shard)
     total = sum(1 for _ in read_lines(source))
     end = min(total, args.limit or total)
-    n, first = args.chunk_lines, out.state["chunks_done"]
-    counts = dict(out.state["counts"])
-    if first:
-        log.info("resuming after %d chunks (%d input lines, %d pairs)", first, counts["lines"], counts["pairs"])
-    # 3. Chunk k is input lines [k·n, (k+1)·n): the same chunks in every run, so a resumed run writes what an
-    #    uninterrupted one would. A chunk cut short by --limit is written but not committed.
-    lines = read_lines(source, first * n)
-    with tqdm(total=end, initial=min(first * n, end), unit="line", dynamic_ncols=True, disable=None) as bar:
-        for k in range(first, (end + n - 1) // n):  # the chunks that hold lines [first·n, end)
-            chunk = [next(lines) for _ in range(min(n, end - k * n))]
-            out.append(translate_chunk(translator, tokenizer, chunk, config, k, args, counts))
-            if len(chunk) == min(n, total - k * n):
-                out.commit(k, counts)
-            bar.update(len(chunk))
-    # 4. The .gz files, written from the part files.
-    out.finish(counts, input_exhausted=end == total)
+    if not out.complete:  # a rank whose part is done goes straight to the join
+        translator = Translator.from_checkpoint(args.model, device=args.device, precision=args.precision,
+                                                max_input_tokens=args.max_input_tokens)
+        tokenizer = Tokenizer(payload["tokenizer"])
+        out.open()
+        counts = dict(out.state["counts"])
+        if out.state["chunks_done"]:
+            log.info("resuming after %d chunks (%d input lines, %d pairs)", out.state["chunks_done"],
+                     counts["lines"], counts["pairs"])
+        # 3. Chunk k is input lines [k·n, (k+1)·n): the same chunks in every run, so a resumed run writes what an
+        #    uninterrupted one would.
+        shards.translate_share(out, read_lines(source), args.chunk_lines, total, end, shard, counts,
+                               lambda k, chunk: translate_chunk(translator, tokenizer, chunk, config, k, args, counts))
+        # 4. The .gz files, written from the part files (under torchrun: rank 0, from every rank's part).
+        out.finish(counts, input_exhausted=end == total)
+    shards.gather(final, shard)
+    counts = (final if shard.rank == 0 else out).state["counts"]
     log.info("%s.%s.gz + %s.%s.gz: %d pairs from %d of %d input lines (skipped: %d empty, %d too long, %d with an "
-             "empty translation)", args.out, tgt_lang, args.out, src_lang, counts["pairs"], counts["lines"], total,
-             counts["empty"], counts["too_long"], counts["empty_output"])
+             "empty translation)%s", args.out, tgt_lang, args.out, src_lang, counts["pairs"], counts["lines"], total,
+             counts["empty"], counts["too_long"], counts["empty_output"],
+             f"; rank {shard.rank}'s part" if shard.rank else "")
     return counts
 
 
@@ -310,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         print("seq2seq-backtranslate: interrupted; the same command continues from the last whole chunk",
               file=sys.stderr)
         return 130
+    finally:
+        shards.stop()
     return 0
 
 
