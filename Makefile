@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv proto run serve demo test test-fast gpu-check compose-test clean
+.PHONY: venv proto run serve demo test test-fast gpu-bundle gpu-check gpu-dry-run compose-test clean
 
 # torch first, pinned: 2.13.0 is the CPU build that lies on this disk; a bare `torch` would pull a CUDA build.
 # The install (editable) also generates the gRPC stubs from proto/ (client/stubs_build.py): a changed proto
@@ -33,12 +33,17 @@ demo: venv
 test: venv
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
 
-# On a machine with CUDA: the gpu-marked tests (CUDA = CPU fp32 translations, fp16/bf16 BLEU, a fp16 training
-# step, the server on CUDA), then the decode and serve benchmarks on CUDA; record the figures in docs/benchmarks.md.
-gpu-check: venv
-	$(PY) -m pytest -v -m gpu tests/test_gpu.py
-	$(PY) bench/decode.py --device cuda --systems ours-fp32,ours-bf16,ours-fp16 --rounds 1
-	$(PY) bench/serve.py --model models/fr-en-small --device cuda --memory-requests 2000
+# The GPU check (issue 24, docs/benchmarks.md): gpu-bundle here fills .gpu-bundle/ (cp312 wheels, gRPC stubs,
+# corpora; named in the device call's `carry`), gpu-check runs on the bare GPU machine with its own python3 (no
+# venv: it has no network), gpu-dry-run runs the same steps at tiny sizes on this CPU (tests/test_gpu_check.py).
+gpu-bundle: venv
+	$(PY) scripts/gpu_bundle.py
+
+gpu-check:
+	OUT=$${OUT:-/tmp/gpu-check-out} bash scripts/gpu_check.sh
+
+gpu-dry-run: venv
+	OUT=$${OUT:-/tmp/gpu-dry-run} PY=$(PY) bash scripts/gpu_check.sh --device cpu --dry-run
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" tests

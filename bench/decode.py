@@ -35,9 +35,12 @@ from seq2seq.export import export_ctranslate2, export_marian  # noqa: E402
 from seq2seq.translator import Translator  # noqa: E402
 
 
-def ours(model_path: str, precision: str, beam: int, device: str = "cpu"):
+def ours(model_path: str, precision: str, beam: int, device: str = "cpu", max_batch_rows: int | None = None,
+         max_cache_mb: float | None = None):
     model, tok = load_model(model_path)
-    translator = Translator(model, tok, device=device, precision=precision)
+    # The engine decodes at most max_batch_rows rows (beams) at once, 128 by default: a batch of 32 at beam 4. A
+    # larger --batch-size only decodes more sentences at once with these raised too (a GPU's large batch).
+    translator = Translator(model, tok, device=device, precision=precision).configure(max_batch_rows, max_cache_mb)
     config = DecodeConfig(beam_size=beam, length_penalty=0.6)
 
     def run(batch: list[str]) -> tuple[list[str], int]:
@@ -93,9 +96,10 @@ def run_worker(args, name: str, export_dir: Path, sources: list[str], refs: list
     """One system, in this process alone: load, warm up on one group, time the whole set."""
     groups = [sources[i:i + args.batch_size] for i in range(0, len(sources), args.batch_size)]
     _, tok = load_model(args.model)
-    make = {"ours-fp32": lambda: ours(args.model, "fp32", args.beam_size, args.device),
-            "ours-bf16": lambda: ours(args.model, "bf16", args.beam_size, args.device),
-            "ours-fp16": lambda: ours(args.model, "fp16", args.beam_size, args.device),
+    limits = (args.max_batch_rows, args.max_cache_mb)
+    make = {"ours-fp32": lambda: ours(args.model, "fp32", args.beam_size, args.device, *limits),
+            "ours-bf16": lambda: ours(args.model, "bf16", args.beam_size, args.device, *limits),
+            "ours-fp16": lambda: ours(args.model, "fp16", args.beam_size, args.device, *limits),
             "ours-int8": lambda: ours(args.model, "int8", args.beam_size),
             "hf-fp32": lambda: hf(export_dir / "marian", args.beam_size),
             "ct2-float32": lambda: ct2(export_dir / "ct2", "float32", args.beam_size, args.threads, tok.sp),
@@ -104,7 +108,10 @@ def run_worker(args, name: str, export_dir: Path, sources: list[str], refs: list
     system(groups[0])
     secs, hyps, tokens = timed(system, groups)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return {"seconds": secs, "tokens": tokens, "bleu": score(hyps, refs)["bleu"], "peak_rss_mb": peak_mb}
+    result = {"seconds": secs, "tokens": tokens, "bleu": score(hyps, refs)["bleu"], "peak_rss_mb": peak_mb}
+    if args.device.startswith("cuda"):  # what the weights, caches and activations took at most (torch's allocator)
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return result
 
 
 def main() -> None:
@@ -117,6 +124,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="for ours-fp32/bf16/fp16 (cuda for `make gpu-check`)")
+    p.add_argument("--max-batch-rows", type=int, help="ours: decoder rows at once (default: the Translator's)")
+    p.add_argument("--max-cache-mb", type=float, help="ours: key/value cache budget (default: the Translator's)")
     p.add_argument("--systems", default="ours-fp32,ours-bf16,ours-int8,hf-fp32,ct2-float32,ct2-int8")
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one system, print its JSON
@@ -135,12 +144,16 @@ def main() -> None:
     # slow each other down (ours bf16 measured 1.8× slower after CTranslate2 had run in the same process).
     tmp = Path(tempfile.mkdtemp(prefix="bench-decode-"))
     model, tok = load_model(args.model)
-    export_marian(model, tok, tmp / "marian")
-    export_ctranslate2(model, tok, tmp / "ct2")
     names = args.systems.split(",")
+    # the exports only for the systems that read them (the GPU machine has no ctranslate2)
+    if any(n.startswith("hf-") for n in names):
+        export_marian(model, tok, tmp / "marian")
+    if any(n.startswith("ct2-") for n in names):
+        export_ctranslate2(model, tok, tmp / "ct2")
     runs: dict[str, list[dict]] = {n: [] for n in names}
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                   if k in ("model", "data", "beam_size", "batch_size", "limit", "threads", "device")]
+                   if k in ("model", "data", "beam_size", "batch_size", "limit", "threads", "device", "max_batch_rows",
+                            "max_cache_mb") and v is not None]
     for r in range(args.rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
             start = time.perf_counter()
@@ -156,6 +169,8 @@ def main() -> None:
         results[n] = {"tokens": tokens, "bleu": bleu, "seconds": round(secs, 2), "process_seconds": round(whole, 2),
                       "tokens_per_s": round(tokens / secs), "sentences_per_s": round(len(sources) / secs, 1),
                       "peak_rss_mb": round(max(x["peak_rss_mb"] for x in runs[n]))}
+        if "gpu_peak_mb" in runs[n][0]:
+            results[n]["gpu_peak_mb"] = round(max(x["gpu_peak_mb"] for x in runs[n]))
     ref_name = "ct2-int8" if "ct2-int8" in results else names[0]
     ref = results[ref_name]
     print(f"{len(sources)} sentences, beam {args.beam_size}, batch {args.batch_size}, {args.threads} threads, "
@@ -167,8 +182,12 @@ def main() -> None:
         print(f"{n:<12} {r['tokens_per_s']:>7} {r['sentences_per_s']:>7} {r['bleu']:>6.2f} {r['seconds']:>8.2f} "
               f"{ref['seconds'] / r['seconds']:>5.2f}× {r['process_seconds']:>9.2f} "
               f"{ref['process_seconds'] / r['process_seconds']:>5.2f}× {r['peak_rss_mb']:>7}")
+    for n in names:
+        if "gpu_peak_mb" in results[n]:
+            print(f"{n}: GPU memory at most {results[n]['gpu_peak_mb']} MiB (torch.cuda.max_memory_allocated)")
     if args.json:
-        print(json.dumps({"beam_size": args.beam_size, "batch_size": args.batch_size, "results": results}))
+        print(json.dumps({"beam_size": args.beam_size, "batch_size": args.batch_size, "device": args.device,
+                          "sentences": len(sources), "results": results}))
 
 
 if __name__ == "__main__":

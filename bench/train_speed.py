@@ -8,6 +8,7 @@ reported: the median round and the best (each batch at its fastest round, robust
 machine). Before timing, a check with dropout 0 compares the logits of both models on one batch.
 
     python bench/train_speed.py --steps 20 --warmup 3 [--config small|tiny|base] [--max-tokens 4096] [--json]
+    python bench/train_speed.py --device cuda --config base --max-tokens 25000 --variants ours-fp32,ours-bf16
 """
 from __future__ import annotations
 
@@ -77,10 +78,10 @@ def forward_fn(name: str, model: torch.nn.Module):
     return lambda src, tgt_in, keep: model(src, tgt_in, tgt_keep_mask=keep)
 
 
-def check_logits(c: ModelConfig, batch) -> float:
+def check_logits(c: ModelConfig, batch, device: torch.device) -> float:
     """Max |logits_ours − logits_HF| over one batch, dropout 0, eval mode, fp32."""
     ours, hf = build_pair(c.replace(dropout=0.0), seed=1)
-    ours.eval(), hf.eval()
+    ours.to(device).eval(), hf.to(device).eval()
     keep = batch.tgt_out_ids.ne(ours.pad_id)
     args = (batch.src_ids, batch.tgt_in_ids, keep)
     with torch.no_grad():
@@ -95,8 +96,11 @@ def check_logits(c: ModelConfig, batch) -> float:
 class Runner:
     """One variant: its model, optimizer, lr schedule and the timings of its rounds."""
 
-    def __init__(self, name: str, model: torch.nn.Module, train: TrainConfig, d_model: int, pad: int):
+    def __init__(self, name: str, model: torch.nn.Module, train: TrainConfig, d_model: int, pad: int,
+                 device: torch.device):
+        model.to(device)  # before the optimizer is built on its parameters
         self.name, self.model, self.pad, self.epsilon = name, model, pad, train.label_smoothing
+        self.device = device
         self.forward = forward_fn(name, model)
         self.optimizer, self.scheduler = build_optimizer(model, train, d_model)
         self.rounds: list[list[float]] = []  # seconds per step, per round
@@ -104,7 +108,8 @@ class Runner:
 
     def step(self, batch) -> None:
         keep = batch.tgt_out_ids.ne(self.pad)  # (B, T)
-        amp = torch.autocast("cpu", dtype=torch.bfloat16) if "bf16" in self.name else contextlib.nullcontext()
+        amp = (torch.autocast(self.device.type, dtype=torch.bfloat16) if "bf16" in self.name
+               else contextlib.nullcontext())
         with amp:
             logits = self.forward(batch.src_ids, batch.tgt_in_ids, keep)  # (N, V)
         loss, _, n_tokens = label_smoothed_loss(logits, batch.tgt_out_ids[keep], self.epsilon, self.pad)
@@ -118,6 +123,8 @@ class Runner:
         for batch in batches:
             start = time.perf_counter()
             self.step(batch)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()  # the step's kernels have finished, not only been queued
             times.append(time.perf_counter() - start)
         self.rounds.append(times)
 
@@ -140,6 +147,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the batches are moved there before timing)")
     p.add_argument("--json", action="store_true", help="also print a one-line JSON summary")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -154,19 +162,21 @@ def main() -> None:
     needed = args.warmup + -(-args.steps // args.rounds)  # the same timed batches in every round
     batches, pad = make_batches(str(ROOT / args.data), args.spm_vocab, args.max_tokens, args.max_len, args.seed,
                                 needed)
+    device = torch.device(args.device)
+    batches = [b.to(device) for b in batches]
     cfg = getattr(ModelConfig, args.config)(pad + 1)
     log.info("config %s: %s; %d threads; %d batches, mean %.0f sentences", args.config, cfg, torch.get_num_threads(),
              needed, statistics.mean(b.src_ids.size(0) for b in batches))
 
     # 2. Apples to apples: same weights give the same logits.
-    max_diff = check_logits(cfg, batches[0])
+    max_diff = check_logits(cfg, batches[0], device)
     log.info("max |logits ours - logits HF| (dropout 0, same weights): %.2e", max_diff)
 
     # 3. Warm up every variant (compiles), then interleaved rounds in rotating order.
     runners = []
     for name in variants:
         ours, hf = build_pair(cfg, args.seed, "eager" if "eager" in name else "sdpa")
-        runners.append(Runner(name, hf if name.startswith("hf") else ours, TrainConfig(), cfg.d_model, pad))
+        runners.append(Runner(name, hf if name.startswith("hf") else ours, TrainConfig(), cfg.d_model, pad, device))
         start = time.perf_counter()
         for batch in batches[:args.warmup]:
             runners[-1].step(batch)
@@ -198,7 +208,9 @@ def report(args, cfg: ModelConfig, runners: list[Runner], max_diff: float, token
         print(json.dumps({
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "config": args.config,
             "max_tokens": args.max_tokens, "threads": torch.get_num_threads(), "steps": args.steps,
-            "rounds": args.rounds, "torch": torch.__version__, "max_logit_diff": max_diff,
+            "rounds": args.rounds, "torch": torch.__version__, "max_logit_diff": max_diff, "device": args.device,
+            **({"gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20)} if args.device.startswith("cuda")
+               else {}),
             "tokens_per_s_median": {k: round(v) for k, v in speed.items()},
             "tokens_per_s_best": {k: round(v) for k, v in best.items()},
             **{f"ratio_vs_{ref}": {k: round(v / speed[ref], 3) for k, v in speed.items()} for ref in refs},

@@ -3,6 +3,7 @@ precision keeps BLEU, a fp16 training step scales its gradients, and the server 
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ from seq2seq.translator import Translator
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "fr-en-small"
-DATA = ROOT.parent / "shared" / "data" / "multi30k" / "test_2016_flickr"
+# SEQ2SEQ_DATA: the corpora's folder where ../shared does not travel (the GPU check points it at its bundle)
+DATA = Path(os.environ.get("SEQ2SEQ_DATA", ROOT.parent / "shared" / "data")) / "multi30k" / "test_2016_flickr"
 
 
 def lines(suffix: str, n: int) -> list[str]:
