@@ -155,6 +155,28 @@ async def test_translate_form_bodies(encoding):
 
 
 @in_loop
+async def test_translate_and_detect_read_the_query_string_as_libretranslate_does():
+    """LibreTranslate reads Flask's request.values: the query string and the form, the query string first; a JSON
+    body alone (its query string is not read). Clients that POST /translate?q=... with an empty body get answers."""
+    async with gateway() as rig:
+        assert await post(rig, "/translate?q=Bonjour.&source=fr&target=en") == (200, {"translatedText": "en:Bonjour."})
+        assert await post(rig, "/translate?q=Un.&q=Deux.&source=fr&target=en") == \
+            (200, {"translatedText": ["en:Un.", "en:Deux."]})
+        assert await post(rig, "/detect?q=Bonjour.") == (200, [{"confidence": 100.0, "language": "fr"}])
+        # the form gives source and target, the query string q; where both give q, the query string's
+        mixed = form_body("urlencoded", [("q", "Du formulaire."), ("source", "fr"), ("target", "en")])
+        assert await post(rig, "/translate?q=De%20la%20requ%C3%AAte.", data=mixed) == \
+            (200, {"translatedText": "en:De la requête."})
+        assert await post(rig, "/translate?target=en", data=form_body("multipart", [("q", "A."), ("source", "fr")])) \
+            == (200, {"translatedText": "en:A."})
+        # with a JSON body, only the body counts
+        status, reply = await post(rig, "/translate?target=en", json={"q": "A.", "source": "fr"})
+        assert (status, reply) == (400, {"error": "Invalid request: missing target parameter"})
+        assert [list(r.texts) for r in rig.fakes[0].requests] == \
+            [["Bonjour."], ["Un.", "Deux."], ["De la requête."], ["A."]]
+
+
+@in_loop
 async def test_alternatives_ask_for_n_best_and_a_beam_that_holds_them():
     async with gateway() as rig:
         body = {"q": "Un chat.", "source": "fr", "target": "en", "alternatives": 2}

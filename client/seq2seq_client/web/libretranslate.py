@@ -42,8 +42,10 @@ def grpc_error(e: grpc.aio.AioRpcError) -> web.Response:
 
 
 async def read_fields(request: web.Request) -> dict:
-    """The request's fields from a JSON object or a form (urlencoded or multipart), as LibreTranslate reads them.
-    A form gives q once (a string, its line ends made "\\n" as LibreTranslate does) or repeated (a list)."""
+    """The request's fields as LibreTranslate's server reads them: a JSON body alone, or else the query string and a
+    form (urlencoded or multipart) together, the query string first where both have a field (Flask's
+    `request.values`), so that `POST /translate?q=...&source=fr&target=en` with an empty body works. q given once is a
+    string, its line ends made "\n" as LibreTranslate does; q repeated (in one of the two) is a list."""
     if request.content_type == "application/json":
         try:
             body = await request.json()
@@ -56,12 +58,14 @@ async def read_fields(request: web.Request) -> dict:
         form = await request.post()
     except (ValueError, LookupError) as e:  # bytes that are not UTF-8 (UnicodeDecodeError), an unknown charset
         raise BadRequest(f"Invalid form data: {e}")
-    fields = {name: form.get(name) for name in form}
-    qs = form.getall("q", [])
-    if len(qs) > 1:
-        fields["q"] = list(qs)
-    elif qs and isinstance(qs[0], str):
-        fields["q"] = "\n".join(qs[0].splitlines())
+    fields = {}
+    for source in (form, request.query):  # the query string last: its fields replace the form's
+        fields.update({name: source.get(name) for name in source})
+        qs = source.getall("q", [])
+        if len(qs) > 1:
+            fields["q"] = list(qs)
+        elif qs and isinstance(qs[0], str):
+            fields["q"] = "\n".join(qs[0].splitlines())
     return fields
 
 
