@@ -122,10 +122,10 @@ def write_readme_section(readme: Path, card: dict) -> None:
     names = list(t["continuations"][-1]["dev_after"])
     table = "\n".join([
         README_MARK[0], "## Continued training", "",
-        "Each row is one `scripts/continue_training.sh` run that shipped (a fresh Adam from the shipped weights, "
-        "the step's learning rate; only a model no worse on any dev set and better on their sum ships). Dev BLEU: "
-        f"beam 4, α 0.6, {card['dev']['precision']}. Cumulative minutes: all training of this model, pipeline "
-        "included.", "",
+        "Each row is one `scripts/continue_training.sh` run that shipped (a fresh Adam from the shipped weights,",
+        "the step's learning rate; only a model no worse on any dev set and better on their sum ships). Dev BLEU:",
+        f"beam 4, α 0.6, {card['dev']['precision']}. Cumulative minutes: the fr→en training of this model, all its",
+        "stages (card.json: training).", "",
         "| date | steps | minutes | cumulative minutes | " + " | ".join(names) + " |",
         "|---|---|---:|---:|" + "---|" * len(names), *rows, README_MARK[1]])
     text = readme.read_text() if readme.is_file() else ""
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             break
         candidates = [sorted(args.runs.glob("checkpoint_*.pt"))[-1], args.runs / "averaged.pt"]
         scored = {c: dev_scores(c, dev_sets, precision) for c in candidates if c.is_file()}
-        best = max(scored, key=lambda c: sum(scored[c].values()))
+        eligible = [c for c in scored if wins(scored[c], shipped)] or list(scored)  # then the best of those
+        best = max(eligible, key=lambda c: sum(scored[c].values()))
         ok = wins(scored[best], shipped)
         print(json.dumps({"event": "segment", "step": step, "minutes": round(done, 1), "wall_s": round(time.time() - tic),
                           "candidates": {c.name: s for c, s in scored.items()}, "shipped_dev": shipped,

@@ -13,7 +13,7 @@ import torch
 
 from seq2seq import DecodeConfig, Translator
 from seq2seq.data import read_corpus
-from seq2seq.evaluate import score
+from seq2seq.evaluate import keyword_hits, score
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "fr-en-small"
@@ -58,7 +58,7 @@ EXPECTED = {
     "Une femme fait un saut périlleux sur un trampoline sur la plage.":
         "A woman does a flip on a trampoline on the beach.",
     "Un groupe de garçons asiatiques attendent que la viande soit cuite sur le barbecue.":
-        "A group of Asian boys wait for meat to cook on the grill.",
+        "A group of Asian boys are waiting for meat to be cooked on the barbecue.",
     "Je voudrais un café, s'il vous plaît.": "I'd like a coffee, please.",
     "Où est la gare ?": "Where's the station?",
     "Je ne sais pas.": "I don't know.",
@@ -74,6 +74,24 @@ def test_sentences_translate_to_their_pinned_english(fp32):
                    "four pieces, and 'Bonjour tout le monde !' comes out as 'Bring everyone.'")
 def test_greetings(fp32):
     assert fp32.translate(["Bonjour tout le monde !"])[0].text == "Good morning, everyone."
+
+
+EVERYDAY = ROOT / "data" / "everyday" / "everyday"
+
+
+def test_everyday_phrases_score_what_its_card_says(fp32):
+    """data/everyday (64 phrases of our own): BLEU and the key-word check within two sentences' worth of the card's
+    figures, which scripts/eval_model_card.py computed at the default precision (fp32 here)."""
+    sources = EVERYDAY.with_suffix(".fr").read_text(encoding="utf-8").splitlines()
+    references = EVERYDAY.with_suffix(".en").read_text(encoding="utf-8").splitlines()
+    keywords = EVERYDAY.with_suffix(".keywords").read_text(encoding="utf-8").splitlines()
+    assert len(sources) == len(references) == len(keywords) >= 50
+    hyps = [t.text for t in fp32.translate(sources)]
+    card = {s["metric"]: s["value"] for s in json.loads((MODEL / "card.json").read_text())["scores"]
+            if s["test_set"] == "Everyday phrases (ours)"}
+    words = 100 * sum(keyword_hits(hyps, keywords)) / len(hyps)
+    assert abs(words - card["key words (% of sentences)"]) <= 100 * 2 / len(hyps) + 1e-9
+    assert abs(score(hyps, references)["bleu"] - card["BLEU"]) <= 2.0
 
 
 @pytest.mark.slow
