@@ -83,11 +83,14 @@ class ModelConfig(_DictMixin):
 class Corpus:
     """One entry of `DataConfig.train`: a corpus name (see DataConfig), how much of it to use, and whether it is
     back-translated. weight: the integer part repeats the corpus, the fraction adds a seeded random subset of that
-    share of its pairs, 0 drops it. synthetic: the source side is machine output (back-translation)."""
+    share of its pairs, 0 drops it. synthetic: the source side is machine output (back-translation). target: another
+    aligned prefix whose target-language file is the target side, for a synthetic source kept apart from the real
+    text it translates (data/synthetic/ holds only our French; the English captions stay in ../shared/data)."""
 
     path: str
     weight: float = 1.0
     synthetic: bool = False
+    target: str | None = None
 
     @classmethod
     def from_entry(cls, entry: Any, where: str) -> "Corpus":
@@ -97,25 +100,29 @@ class Corpus:
         if isinstance(entry, str):
             entry = {"path": entry}
         if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected a corpus name or a mapping {{path, weight, synthetic}}, "
+            raise ConfigError(f"{where}: expected a corpus name or a mapping {{path, weight, synthetic, target}}, "
                               f"got {type(entry).__name__}")
-        unknown = sorted(set(entry) - {"path", "weight", "synthetic"})
+        unknown = sorted(set(entry) - {"path", "weight", "synthetic", "target"})
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: path, weight, synthetic")
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: path, weight, synthetic, target")
         path, weight, synthetic = entry.get("path"), entry.get("weight", 1.0), entry.get("synthetic", False)
+        target = entry.get("target")
         if not isinstance(path, str) or not path:
             raise ConfigError(f"{where}: a corpus mapping needs a 'path' (a non-empty string)")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
             raise ConfigError(f"{where}: weight must be a number >= 0 (0 drops the corpus), got {weight!r}")
         if not isinstance(synthetic, bool):
             raise ConfigError(f"{where}: synthetic must be true or false, got {synthetic!r}")
-        return cls(path, float(weight), synthetic)
+        if target is not None and (not isinstance(target, str) or not target):
+            raise ConfigError(f"{where}: target must be a corpus prefix (a non-empty string), got {target!r}")
+        return cls(path, float(weight), synthetic, target)
 
     def to_entry(self) -> str | dict[str, Any]:
         """The config form: the bare name when weight is 1 and it is not synthetic (as configs were before weights)."""
-        if self.weight == 1.0 and not self.synthetic:
+        if self.weight == 1.0 and not self.synthetic and self.target is None:
             return self.path
-        return {"path": self.path, "weight": self.weight, "synthetic": self.synthetic}
+        entry = {"path": self.path, "weight": self.weight, "synthetic": self.synthetic}
+        return entry if self.target is None else {**entry, "target": self.target}
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ def _find(prefix: Path, lang: str) -> Path:
     raise DataError(f"missing file: {prefix}.{lang}.gz (or {prefix}.{lang}) for corpus '{prefix}'")
 
 
-def _read_aligned(prefix: str, src_lang: str, tgt_lang: str) -> dict[str, list[str]]:
-    src_path, tgt_path = _find(Path(prefix), src_lang), _find(Path(prefix), tgt_lang)
+def _read_aligned(prefix: str, src_lang: str, tgt_lang: str, target: str | None = None) -> dict[str, list[str]]:
+    src_path, tgt_path = _find(Path(prefix), src_lang), _find(Path(target or prefix), tgt_lang)
     src, tgt = _read_lines(src_path), _read_lines(tgt_path)
     if len(src) != len(tgt):
         raise DataError(f"misaligned corpus '{prefix}': {src_path} has {len(src)} lines, {tgt_path} has {len(tgt)}")
@@ -95,8 +95,11 @@ def _read_hub(spec: str, src_lang: str, tgt_lang: str) -> datasets.Dataset:
                   remove_columns=ds.column_names)
 
 
-def read_corpus(spec: str, src_lang: str = "fr", tgt_lang: str = "en") -> datasets.Dataset:
-    """One corpus -> Dataset with string columns `src`, `tgt`. Raises DataError with one clear line."""
+def read_corpus(spec: str, src_lang: str = "fr", tgt_lang: str = "en", target: str | None = None) -> datasets.Dataset:
+    """One corpus -> Dataset with string columns `src`, `tgt`. Raises DataError with one clear line. target: another
+    aligned prefix whose target-language file is the target side (config.Corpus.target; aligned prefixes only)."""
+    if target is not None and (spec.startswith("hf:") or spec.endswith((".tsv", ".tsv.gz", ".jsonl", ".jsonl.gz"))):
+        raise DataError(f"corpus '{spec}': a separate target needs an aligned prefix (dir/name), not a file or hub id")
     if spec.startswith("hf:"):
         return _read_hub(spec, src_lang, tgt_lang)
     spec = os.path.expanduser(spec)  # "~/runs/data/..." in a config: runs live outside the checkout
@@ -107,7 +110,7 @@ def read_corpus(spec: str, src_lang: str = "fr", tgt_lang: str = "en") -> datase
     elif spec.endswith((".jsonl", ".jsonl.gz")):
         columns = _read_jsonl(spec, src_lang, tgt_lang)
     else:
-        columns = _read_aligned(spec, src_lang, tgt_lang)
+        columns = _read_aligned(spec, src_lang, tgt_lang, target and os.path.expanduser(target))
     return datasets.Dataset.from_dict(columns)
 
 
@@ -129,7 +132,7 @@ def read_corpora(corpora: tuple[Corpus | str, ...] | list[Corpus | str], src_lan
         c = Corpus.from_entry(entry, f"data.train[{i}]")
         if c.weight == 0:
             continue  # dropped: not even read
-        ds = read_corpus(c.path, src_lang, tgt_lang)
+        ds = read_corpus(c.path, src_lang, tgt_lang, c.target)
         ds = ds.add_column("synthetic", [c.synthetic] * len(ds))
         if c.weight != 1:
             ds = ds.select(weighted_indices(len(ds), c.weight, np.random.default_rng((seed, i))))

@@ -312,3 +312,24 @@ def test_train_flag_still_takes_plain_corpus_names():
     args = parse_args(["--out", "run", "--train", "a", "dir/b", "--bt-tag", "true"])
     _, data, _ = build(merge({"model": {}, "data": {"train": [{"path": "x", "weight": 2}]}, "train": {}}, args))
     assert data.train == (Corpus("a"), Corpus("dir/b")) and data.bt_tag is True  # the flag replaces the file's list
+
+
+def test_a_corpus_can_take_its_target_side_from_another_prefix(tmp_path):
+    """data/synthetic holds only our French; its English is a file of ../shared/data, named by `target`."""
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "ours" / "bt.fr").write_text("Un chien.\nDeux chats.\n")
+    (tmp_path / "shared" / "captions.en").write_text("A dog.\nTwo cats.\n")
+    entry = {"path": str(tmp_path / "ours" / "bt"), "target": str(tmp_path / "shared" / "captions"),
+             "synthetic": True}
+    ds = read_corpora([entry])
+    assert (list(ds["src"]), list(ds["tgt"]), list(ds["synthetic"])) == \
+        (["Un chien.", "Deux chats."], ["A dog.", "Two cats."], [True, True])
+    assert Corpus.from_entry(entry, "e").to_entry() == {**entry, "weight": 1.0}
+    (tmp_path / "shared" / "captions.en").write_text("A dog.\n")
+    with pytest.raises(DataError, match="misaligned corpus"):
+        read_corpora([entry])
+    with pytest.raises(DataError, match="a separate target needs an aligned prefix"):
+        read_corpus(str(tmp_path / "x.tsv"), target=str(tmp_path / "shared" / "captions"))
+    with pytest.raises(ConfigError, match="target must be a corpus prefix"):
+        Corpus.from_entry({"path": "a", "target": ""}, "e")
