@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -38,8 +37,9 @@ from seq2seq import checkpoint as ckpt  # noqa: E402
 from seq2seq.config import DecodeConfig  # noqa: E402
 from seq2seq.data import read_corpus  # noqa: E402
 from seq2seq.evaluate import score  # noqa: E402
+from seq2seq.shards import write_atomic  # noqa: E402
 from seq2seq.translate import translate_lines  # noqa: E402
-from seq2seq.translator import Translator  # noqa: E402
+from seq2seq.translator import Translator, auto_precision, resolve_device  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RUNS = Path.home() / "runs"
@@ -70,9 +70,7 @@ def read_card(model: Path) -> dict:
 
 
 def write_card(model: Path, card: dict) -> None:
-    tmp = model / ".card.json.tmp"
-    tmp.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, model / "card.json")
+    write_atomic(model / "card.json", json.dumps(card, indent=2, ensure_ascii=False) + "\n")
 
 
 def baseline(model: Path, dev_sets: dict[str, str], precision: str) -> dict[str, float]:
@@ -152,13 +150,13 @@ def train_segment(args: argparse.Namespace, run: Path, minutes: float, init_step
     subprocess.run(command, check=True, cwd=ROOT)  # the config's paths are relative to the project root
 
 
-def run_state(run: Path) -> tuple[int, float]:
-    """(step, training minutes) of the run's newest checkpoint; (0, 0) before the first."""
+def run_state(run: Path) -> tuple[int, float, int | None]:
+    """(step, training minutes, init_step) of the run's newest checkpoint; (0, 0, None) before the first."""
     last = sorted(run.glob("checkpoint_*.pt"))
     if not last:
-        return 0, 0.0
-    state = ckpt.load(last[-1])["state"]
-    return state["step"], state["elapsed"] / 60
+        return 0, 0.0, None
+    payload = ckpt.load(last[-1])
+    return payload["state"]["step"], payload["state"]["elapsed"] / 60, payload["configs"]["train"]["init_step"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         read_corpus(prefix)  # a missing dev set fails now, not after the first segment
     args.model = args.model.resolve()
     finish_swap(args.model)
-    precision = Translator.from_checkpoint(args.model, precision=args.precision).precision
+    precision = auto_precision(resolve_device()) if args.precision == "auto" else args.precision
     if not read_card(args.model).get("training", {}).get("steps"):
         print(f"continue_training: {args.model}/card.json has no training.steps (the step the model reached)",
               file=sys.stderr)
@@ -188,16 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     card = read_card(args.model)
     training = card["training"]  # what a shipped candidate's card extends
     print(json.dumps({"event": "shipped model", "dev": shipped}), flush=True)
-    init_step = training["steps"]  # of the model this run started from: fixed once the run has a checkpoint
-    if sorted(args.runs.glob("checkpoint_*.pt")):
-        init_step = ckpt.load(sorted(args.runs.glob("checkpoint_*.pt"))[-1])["configs"]["train"]["init_step"]
+    _, done, started_at = run_state(args.runs)
+    init_step = started_at or training["steps"]  # of the model this run started from, fixed once it has a checkpoint
     shipped_any = False
-    _, done = run_state(args.runs)
     while done < args.minutes - 1e-6:
         target = min(args.minutes, done + args.segment_minutes)
         tic, before = time.time(), done
         train_segment(args, args.runs, target, init_step)
-        step, done = run_state(args.runs)
+        step, done, _ = run_state(args.runs)
         if done <= before:  # max_steps or early stopping ended the run
             break
         candidates = [sorted(args.runs.glob("checkpoint_*.pt"))[-1], args.runs / "averaged.pt"]
