@@ -70,7 +70,8 @@ docker compose version
 if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   step "base image $BASE_IMAGE (mmdebstrap from the apt mirror)"
   command -v mmdebstrap >/dev/null || apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
-  mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Created-By: Packages' | grep -v -- -security | head -1)
+  # awk, not `grep | head -1`: head leaving early is SIGPIPE upstream, a failure under pipefail
+  mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Created-By: Packages' | awk '!/-security/ && !f {print; f = 1}')
   mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates bookworm - "$mirror" \
     | docker import - "$BASE_IMAGE"
 fi
