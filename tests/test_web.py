@@ -360,7 +360,7 @@ async def test_languages_detect_and_frontend_settings():
         assert await post(rig, "/detect", json={}) == (400, {"error": "Invalid request: missing q parameter"})
         assert await get(rig, "/frontend/settings") == (200, {
             "charLimit": 5000, "frontendTimeout": 500, "apiKeys": False, "keyRequired": False, "suggestions": False,
-            "filesTranslation": False, "supportedFilesFormat": [],
+            "filesTranslation": True, "supportedFilesFormat": [".txt", ".html", ".docx"],
             "language": {"source": {"code": "fr", "name": "French"}, "target": {"code": "en", "name": "English"}}})
     async with gateway(FakeTranslator(error=(Code.UNAUTHENTICATED, "missing API key"))) as rig:
         status, settings = await get(rig, "/frontend/settings")

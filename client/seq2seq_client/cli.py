@@ -3,6 +3,7 @@
     seq2seq-client --server localhost:50051 "Bonjour le monde." "Merci."
     seq2seq-client --server localhost:50051 < french.txt > english.txt      # one text per line
     seq2seq-client --server localhost:50051 --file french.txt --beam-size 8 --json
+    seq2seq-client --server localhost:50051 --file rapport.docx --out report.docx   # a whole .txt/.html/.docx file
     seq2seq-client --server localhost:50051 --health                          # exit 0 iff SERVING
 
 Errors (server down, deadline passed, input rejected) print one line on stderr and exit 1; a bad flag exits 2.
@@ -13,13 +14,16 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from tqdm import tqdm
 
 from seq2seq_api.flags import ArgumentParser, add_decode_flags, decode_options_from_args
 
 from .client import TranslatorClient
+from .documents import DocumentError, Job, open_document, translate_in_threads, translated_name
 
 CHUNK = 64  # texts per request when reading many lines (the server's default --max-texts)
 
@@ -30,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="French texts; none = read stdin, one text per line")
     p.add_argument("--server", default=os.environ.get("SEQ2SEQ_SERVER", "localhost:50051"),
                    help="HOST:PORT or a gRPC target such as dns:///server:50051 (env SEQ2SEQ_SERVER)")
-    p.add_argument("--file", help="read texts from this file, one per line")
+    p.add_argument("--file", help="a .txt, .html or .docx file to translate whole into --out, its layout kept, with "
+                                  "progress on stderr; a .txt without --out: one text per line, printed")
+    p.add_argument("--out", help="where --file's translation goes (default: NAME_en.EXT beside it)")
     p.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds (default 60)")
     p.add_argument("--api-key", default=os.environ.get("SEQ2SEQ_API_KEY", ""), help="(env SEQ2SEQ_API_KEY)")
     p.add_argument("--tls-ca", default="", help="PEM file of the CA to trust: TLS on")
@@ -67,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(MessageToDict(client.model_info(), preserving_proto_field_name=True), indent=2,
                              ensure_ascii=False))
             return 0
+        if args.file and not args.texts and (args.out or Path(args.file).suffix.lower() in (".html", ".docx")):
+            return translate_file(client, args)
         return translate(client, args)
     except grpc.RpcError as e:
         print(f"seq2seq-client: {describe(e, args.server)}", file=sys.stderr)
         return 1
-    except (OSError, UnicodeError) as e:  # an unreadable --file, --tls-ca or stdin
+    except (OSError, UnicodeError, DocumentError) as e:  # an unreadable --file, --tls-ca or stdin
         print(f"seq2seq-client: {e}", file=sys.stderr)
         return 1
     except ValueError as e:  # an option protobuf cannot hold (e.g. a negative --beam-size)
@@ -107,6 +115,28 @@ def translate(client: TranslatorClient, args) -> int:
     out.add(len(texts), None)  # trailing blank lines
     if want_attention and out.first is not None:
         draw_attention(out.first[1], args)
+    return 0
+
+
+def translate_file(client: TranslatorClient, args) -> int:
+    """--file IN [--out OUT]: the whole document through TranslateStream requests of at most the server's
+    max_texts, two at a time (so that its running batch stays full: see documents.Job), with a progress bar of its
+    texts on stderr."""
+    path = Path(args.file)
+    document = open_document(path.name, path.read_bytes())
+    limits = client.model_info().limits
+    bar = tqdm(desc=path.name, unit="text", file=sys.stderr, disable=None)  # None: off when stderr is no terminal
+    job = Job(document, limits.max_texts or CHUNK, limits.max_chars or 5000, on_progress=lambda *_: bar.update())
+    bar.reset(total=job.total)
+    options = decode_options_from_args(args)
+    try:
+        translate_in_threads(job, lambda texts: client.translate_stream(
+            texts, options=options, return_attention=job.attention, split_sentences=False if args.no_split else None))
+    finally:
+        bar.close()
+    out = Path(args.out) if args.out else path.with_name(translated_name(path.name))
+    out.write_bytes(job.render())
+    print(f"seq2seq-client: wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -3,7 +3,8 @@
     seq2seq-web --server localhost:50051 --port 8080
     seq2seq-web --server replica-a:50051,replica-b:50051 --api-key KEY      # round-robin over the replicas
 
-Serves LibreTranslate's API (/translate, /detect, /languages, /frontend/settings: see libretranslate.py), our own
+Serves LibreTranslate's API (/translate, /translate_file, /download_file, /detect, /languages, /frontend/settings:
+see libretranslate.py), our own
 JSON API mirroring the proto (/api/v1/translate, /api/v1/info, /api/v1/options), the page (/ and /static/...),
 /healthz, /readyz and Prometheus /metrics. Every flag is also an environment variable SEQ2SEQ_WEB_<FLAG>.
 The gateway holds no model: each request becomes one gRPC call, whose status code becomes the HTTP status.
@@ -83,6 +84,9 @@ class WebConfig:
     api_key: str = opt("", "sent to the gRPC servers as metadata x-api-key (a request's own api_key wins)")
     timeout: float = opt(60.0, "deadline of each gRPC call, seconds")
     log_format: str = opt("json", "json (one object per line) | text")
+    max_file_bytes: int = opt(5 * 2 ** 20, "largest file /translate_file takes, bytes; a larger one is a 400")
+    max_files: int = opt(100, "translated files kept for download; the oldest go first")
+    file_ttl_s: float = opt(1800.0, "how long a translated file stays downloadable, seconds")
 
     def __post_init__(self) -> None:
         if not self.server:
@@ -93,6 +97,9 @@ class WebConfig:
             raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"--log-format must be json or text, got {self.log_format!r}")
+        for name in ("max_file_bytes", "max_files", "file_ttl_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
 
 
 def parse_args(argv: list[str] | None = None) -> WebConfig:
@@ -197,6 +204,14 @@ class Replicas:
 
     async def translate(self, request: pb.TranslateRequest, api_key: str | None = None) -> pb.TranslateResponse:
         return await self.call("Translate", request, api_key)
+
+    async def translate_stream(self, request: pb.TranslateRequest, api_key: str | None = None):
+        """Translator.TranslateStream(request) on the next replica: each text's reply as soon as it is done."""
+        key = api_key or self.api_key
+        replica = await self.pick()
+        async for reply in replica.stub.TranslateStream(request, timeout=self.timeout,
+                                                        metadata=(("x-api-key", key),) if key else ()):
+            yield reply
 
     async def model_info(self, api_key: str | None = None) -> pb.ModelInfo:
         return await self.call("GetModelInfo", pb.GetModelInfoRequest(), api_key)
@@ -355,18 +370,24 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def make_app(config: WebConfig, health_ttl: float = HEALTH_TTL_S) -> web.Application:
+    from .files import TranslatedFiles
     from .libretranslate import LibreTranslate  # here, not at the top: it needs aiohttp, which main() checks first
 
     replicas = Replicas(config.server, config.api_key, config.timeout, health_ttl)
     metrics = Metrics()
-    api, libre = JsonApi(replicas), LibreTranslate(replicas)
+    files = TranslatedFiles(config.max_files, config.file_ttl_s)
+    api, libre = JsonApi(replicas), LibreTranslate(replicas, files, config.max_file_bytes)
     app = web.Application(middlewares=[observe(metrics), cors])
     app[REPLICAS] = replicas
     app.on_startup.append(replicas.open)
     app.on_cleanup.append(replicas.close)
+    app.on_startup.append(files.open)
+    app.on_cleanup.append(files.close)
     app.router.add_routes([
         web.post("/translate", libre.translate), web.post("/detect", libre.detect),
         web.get("/languages", libre.languages), web.get("/frontend/settings", libre.settings),
+        web.post("/translate_file", libre.translate_file), web.get("/download_file/{filename}", libre.download_file),
+        web.get("/translate_file/progress/{job_id}", libre.file_progress),
         web.post("/api/v1/translate", api.translate), web.get("/api/v1/info", api.info),
         web.get("/api/v1/options", api.options),
         web.get("/", index), web.get("/static/{name}", static),

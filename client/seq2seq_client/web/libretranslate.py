@@ -1,11 +1,13 @@
 """LibreTranslate's HTTP API in front of our gRPC service, so that LibreTranslate's clients (editor and browser
 plug-ins, bots, its own libraries) work unchanged: the endpoints, field names, bodies and status codes of its
 libretranslate/app.py. We translate French to English only: any other pair gets LibreTranslate's own 400 body.
-There is no file translation, no suggestions and no language detection (see `LibreTranslate.detect`).
+Files (.txt, .html, .docx) translate through seq2seq_client.documents, as `seq2seq-client --file` does. There are
+no suggestions and no language detection (see `LibreTranslate.detect`).
 """
 from __future__ import annotations
 
 import asyncio
+from pathlib import PurePath
 
 import grpc
 from aiohttp import web
@@ -16,7 +18,9 @@ from seq2seq_api.translation.v1 import translator_pb2 as pb
 
 from .app import HTTP_STATUS, Replicas, public_message
 from .html_format import HtmlTranslation
+from ..documents import CONTENT_TYPES, DocumentError, Job, formats, open_document, translate_in_tasks, translated_name
 
+from .files import Jobs, Progress, TranslatedFiles, Upload, UploadError, read_upload
 SOURCE, TARGET = "fr", "en"
 NAMES = {"en": "English", "fr": "French"}
 LANGUAGES = [{"code": "en", "name": "English", "targets": []}, {"code": "fr", "name": "French", "targets": ["en"]}]
@@ -142,8 +146,9 @@ def alternatives_of(result: pb.TextResult, n: int) -> list[str]:
 class LibreTranslate:
     """The handlers of LibreTranslate's endpoints, calling the gRPC servers through `replicas`."""
 
-    def __init__(self, replicas: Replicas):
-        self.replicas = replicas
+    def __init__(self, replicas: Replicas, files: TranslatedFiles, max_file_bytes: int):
+        self.replicas, self.files, self.max_file_bytes = replicas, files, max_file_bytes
+        self.jobs = Jobs(max_jobs=files.max_files, max_age_s=files.max_age_s)
 
     async def translate(self, request: web.Request) -> web.Response:
         """POST /translate: q (a string or a list), source ("fr" or "auto"), target ("en"), format (text | html),
@@ -226,6 +231,77 @@ class LibreTranslate:
             key_required = e.code() == grpc.StatusCode.UNAUTHENTICATED
         return web.json_response({
             "charLimit": char_limit, "frontendTimeout": FRONTEND_TIMEOUT_MS, "apiKeys": key_required,
-            "keyRequired": key_required, "suggestions": False, "filesTranslation": False, "supportedFilesFormat": [],
+            "keyRequired": key_required, "suggestions": False, "filesTranslation": True,
+            "supportedFilesFormat": formats(),
             "language": {"source": {"code": SOURCE, "name": NAMES[SOURCE]},
                          "target": {"code": TARGET, "name": NAMES[TARGET]}}})
+
+    # ---- files ----------------------------------------------------------------------------------------------------
+
+    async def translate_file(self, request: web.Request) -> web.Response:
+        """POST /translate_file, multipart: file (.txt, .html, .docx), source, target, api_key; and ours, job_id
+        (optional, chosen by the client: GET /translate_file/progress/{job_id} says how far it is). -> 200
+        {"translatedFileUrl": ".../download_file/<name>"} once the file is translated. LibreTranslate's checks in its
+        order, with its 400 bodies; a file over --max-file-bytes is a 400 too, an unreadable one also."""
+        try:
+            upload = await read_upload(request, self.max_file_bytes)
+            source, target = upload.fields.get("source"), upload.fields.get("target")
+            for name, value in (("file", upload.filename), ("source", source), ("target", target)):
+                if not value:
+                    raise BadRequest(f"Invalid request: missing {name} parameter")
+            if PurePath(upload.filename).suffix.lower() not in formats():
+                raise BadRequest("Invalid request: file format not supported")
+            check_pair(source, target)
+            job_id = upload.fields.get("job_id")
+            progress = self.jobs.start(job_id) if job_id else Progress()
+        except (BadRequest, UploadError) as e:
+            return error(400, str(e))
+        # LibreTranslate reads source and target from the form only, and api_key from the query string or the form
+        key = request.query.get("api_key") or upload.fields.get("api_key") or None
+        try:
+            name = await self.translate_upload(upload, key, progress)
+        except DocumentError as e:
+            progress.state, progress.error = "error", str(e)
+            return error(400, f"Invalid request: {e}")
+        except grpc.aio.AioRpcError as e:
+            progress.state, progress.error = "error", public_message(e)
+            return grpc_error(e)
+        return web.json_response({"translatedFileUrl": f"{request.scheme}://{request.host}/download_file/{name}"})
+
+    async def translate_upload(self, upload: Upload, key: str | None, progress: Progress) -> str:
+        """The file's texts through TranslateStream requests of at most the servers' max_texts (two at a time, so
+        that the servers' running batch decodes them together: see documents.Job), and the translated file saved:
+        its name."""
+        document = await asyncio.to_thread(open_document, upload.filename, upload.data)  # a .docx takes a while
+        limits = (await self.replicas.model_info(key)).limits
+
+        def advance(done: int, total: int) -> None:
+            progress.done = done
+
+        job = Job(document, limits.max_texts or 64, limits.max_chars or 5000, on_progress=advance)
+        progress.state, progress.total = "translating", job.total
+        await translate_in_tasks(job, lambda texts: self.replicas.translate_stream(
+            pb.TranslateRequest(texts=texts, return_attention=job.attention), key))
+        progress.state = "writing"
+        name = await self.files.save(translated_name(upload.filename, TARGET), await asyncio.to_thread(job.render))
+        progress.state = "done"
+        return name
+
+    async def download_file(self, request: web.Request) -> web.StreamResponse:
+        """GET /download_file/{filename}: a translated file, as an attachment named as LibreTranslate names it (what
+        follows the first dot: report_en.docx). 404 once it expired (LibreTranslate answers 500 there)."""
+        name = request.match_info["filename"]
+        path = self.files.path(name)
+        if path is None:
+            return error(404, f"Invalid request: no translated file {name}: it expired or never existed")
+        download = name.split(".", 1)[1]
+        content_type = CONTENT_TYPES.get(PurePath(download).suffix.lower(), "application/octet-stream")
+        return web.FileResponse(path, headers={"Content-Type": content_type,
+                                               "Content-Disposition": f'attachment; filename="{download}"'})
+
+    async def file_progress(self, request: web.Request) -> web.Response:
+        """GET /translate_file/progress/{job_id}: {"state", "done", "total"} (texts), and "error" when it failed."""
+        progress = self.jobs.get(request.match_info["job_id"])
+        if progress is None:
+            return error(404, "no file translation with this job_id (it finished long ago, or never started)")
+        return web.json_response(progress.as_dict())

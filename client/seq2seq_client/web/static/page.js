@@ -1,8 +1,9 @@
 /* The translation page (index.html): French in, English out, with its decoding options, the n-best hypotheses
    and their attention (attention-viewer.js). It talks only to the gateway that served it: GET api/v1/options and
-   api/v1/info once, POST api/v1/translate per translation. The option controls are made from api/v1/options
-   (seq2seq_api.decoding.DecodeConfig), so a new option needs no change here. body[data-state] says where the page
-   is: loading, ready, busy, done or error (for tests, and for styles). */
+   api/v1/info once, POST api/v1/translate per translation; a file goes to POST translate_file (LibreTranslate's),
+   whose progress is polled from translate_file/progress/<job_id>, and comes back from download_file/<name>. The
+   option controls are made from api/v1/options (seq2seq_api.decoding.DecodeConfig), so a new option needs no change
+   here. body[data-state] says where the page is: loading, ready, busy, done or error (for tests, and for styles). */
 (function () {
   "use strict";
 
@@ -234,6 +235,96 @@
     }
   }
 
+  // ---- translating a file ----------------------------------------------------------------------------------------
+
+  const PROGRESS_EVERY_MS = 400;
+  let fileJob = null;  // the job_id of the file being translated
+
+  // 128 random bits in hex: crypto.randomUUID needs a secure context, which a gateway on plain HTTP is not
+  const newJobId = () => Array.from(crypto.getRandomValues(new Uint8Array(16)),
+                                    (b) => b.toString(16).padStart(2, "0")).join("");
+
+  function fileStatus(text, failed) {
+    $("file-status").textContent = text;
+    $("file-status").classList.toggle("failed", Boolean(failed));
+  }
+
+  async function translateFile() {
+    const file = $("file").files[0];
+    if (!file) {
+      fileStatus("Choose a .txt, .html or .docx file first.", true);
+      return;
+    }
+    const id = newJobId(), form = new FormData(), bar = $("file-progress");
+    for (const [name, value] of [["source", "fr"], ["target", "en"], ["job_id", id]]) form.append(name, value);
+    form.append("file", file);
+    fileJob = id;
+    $("file-result").hidden = true;
+    $("translate-file").disabled = true;
+    bar.hidden = false;
+    bar.removeAttribute("value");  // indeterminate until the gateway knows how many texts there are
+    fileStatus(`Sending ${file.name}…`);
+    document.body.dataset.fileState = "busy";
+    const timer = setInterval(() => pollFile(id), PROGRESS_EVERY_MS);
+    try {
+      const response = await fetch("translate_file", {method: "POST", body: form});
+      const payload = await response.json().catch(() => null);
+      if (!response.ok || !payload || !payload.translatedFileUrl) {
+        throw new ApiError(payload && payload.error ? payload.error : `HTTP ${response.status}`);
+      }
+      // the URL's last segment, relative to the page: the gateway may be served under a path prefix
+      const name = payload.translatedFileUrl.split("/").pop(), link = $("file-download");
+      link.href = `download_file/${name}`;
+      link.download = name.slice(name.indexOf(".") + 1);
+      link.textContent = `Download ${link.download}`;
+      $("file-result").hidden = false;
+      bar.max = 1;
+      bar.value = 1;
+      fileStatus(`${file.name} is translated.`);
+      document.body.dataset.fileState = "done";
+    } catch (e) {
+      bar.hidden = true;
+      fileStatus(e instanceof ApiError ? e.message : `cannot reach the gateway (${e.message})`, true);
+      document.body.dataset.fileState = "error";
+    } finally {
+      fileJob = null;
+      clearInterval(timer);
+      $("translate-file").disabled = false;
+    }
+  }
+
+  async function pollFile(id) {
+    let progress;
+    try {
+      progress = await api(`translate_file/progress/${id}`);
+    } catch (e) {
+      return;  // not registered yet (the upload is still coming) or gone: the POST's answer will say
+    }
+    if (fileJob !== id || !progress.total) return;
+    $("file-progress").max = progress.total;
+    $("file-progress").value = progress.done;
+    fileStatus(`Translating: ${progress.done} of ${progress.total} paragraphs`);
+  }
+
+  // LibreTranslate's frontend settings say whether files translate and which extensions
+  async function setUpFiles() {
+    let settings;
+    try {
+      settings = await api("frontend/settings");
+    } catch (e) {
+      return;  // no file form then; the text translation says what is wrong
+    }
+    const formats = settings.supportedFilesFormat || [];
+    if (!settings.filesTranslation || !formats.length) return;
+    $("file").accept = formats.join(",");
+    $("file-formats").textContent = `(${formats.join(", ")})`;
+    $("file-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      translateFile();
+    });
+    $("file-form").hidden = false;
+  }
+
   // ---- start ------------------------------------------------------------------------------------------------------
 
   function showInfo(info) {
@@ -277,6 +368,7 @@
 
   async function start() {
     wire();
+    setUpFiles();
     const [options, info] = await Promise.allSettled([api("api/v1/options"), api("api/v1/info")]);
     if (options.status === "fulfilled") buildOptions(options.value.options || options.value);
     else showError(new ApiError(`no decoding options (${options.reason.message}); the defaults apply`,
