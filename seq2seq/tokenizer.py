@@ -93,6 +93,13 @@ class Tokenizer:
         """Ids -> their surface pieces (for attention maps); <pad> shows as '<pad>'."""
         return ["<pad>" if i == self.pad_id else self.sp.id_to_piece(int(i)) for i in ids]
 
+    def glued_ids(self) -> list[int]:
+        """The pieces that continue the word before them: no word-start mark "▁" and a letter or digit first (so
+        not punctuation, which may follow any word)."""
+        return [i for i in range(self.sp.get_piece_size())
+                if not self.sp.is_control(i) and not self.sp.is_unknown(i)
+                and not (p := self.sp.id_to_piece(i)).startswith("▁") and p[:1].isalnum()]
+
     def piece_ids(self, pieces: Iterable[str]) -> list[int]:
         """The mirror of `pieces`: surface pieces -> ids (a piece not in the vocabulary gets <unk>)."""
         return [self.pad_id if p == "<pad>" else self.sp.piece_to_id(p) for p in pieces]

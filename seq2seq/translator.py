@@ -15,10 +15,14 @@ from typing import Callable
 
 import torch
 
+from seq2seq_api import glossary as terms
+
 from .attention_maps import AttentionMaps, attention_maps
 from .checkpoint import load_model
 from .config import PRECISIONS, ConfigError, DecodeConfig
 from .decoding import Cancelled, Engine, Hypothesis, Sentence, TooLarge
+from .decoding.constraints import max_output_length
+from .decoding.lexical import Constraints
 from .model import Transformer
 from .sentences import Layout, join_sentences, split_sentences
 from .tokenizer import EOS_ID, Tokenizer
@@ -189,8 +193,10 @@ class Translator:
         # int8), plus one layer's spare buffer (the beams' reorder writes into it, one layer at a time).
         value_bytes = 2 if precision in ("bf16", "fp16") else 4
         position_bytes = 2 * (config.n_dec_layers + 1) * config.d_model * value_bytes
+        glued = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
+        glued[tokenizer.glued_ids()] = True  # after a glossary term, none of these: its last word stays whole
         self.engine = Engine(model, self.device, max_batch_rows, int(max_cache_mb * 2 ** 20 / position_bytes),
-                             share)
+                             share, glued)
         self.position_bytes = position_bytes
         self.max_queue, self.closed, self.users = max_queue, False, 0
         self.observer: Callable[[int, int, int, int], None] | None = None
@@ -237,13 +243,16 @@ class Translator:
         return_attention: fill Translation.attention with each output piece's cross-attention (the average over
         the last layer's heads, as decoding saw it)."""
         src = self.encode(texts)
+        constraints = [self.constraints(text, ids, config, n) for n, (text, ids) in enumerate(zip(texts, src))]
         results: list = [None] * len(src)
 
         def deliver(i: int, hyps):
             results[i] = hyps if isinstance(hyps, BaseException) else self.detokenize(src[i], hyps)
 
         order = sorted(range(len(src)), key=lambda i: len(src[i]))  # neighbours of similar length share steps
-        self.engine.submit([Sentence(src[i], config, lambda h, i=i: deliver(i, h), return_attention) for i in order])
+        config_plain = config.replace(glossary=())  # terms travel as each sentence's constraints
+        self.engine.submit([Sentence(src[i], config_plain, lambda h, i=i: deliver(i, h), return_attention,
+                                     constraints=constraints[i]) for i in order])
         self._drive(lambda: all(r is not None for r in results))
         for r in results:
             if isinstance(r, BaseException):
@@ -317,11 +326,13 @@ class Translator:
             layouts.append(layout)
             owner += [n] * len(text_parts)
         src = [self._encode_one(parts[k], owner[k], split) for k in range(len(parts))]
+        constraints = [self.constraints(parts[k], src[k], config, owner[k]) for k in range(len(parts))]
         job = Job(len(texts))
         collect = _Collector(self, job, parts, src, layouts, owner, attention_maps, should_stop)
         shortest_first = sorted(range(len(parts)), key=lambda k: len(src[k]))  # the first texts come back sooner
-        sentences = [Sentence(src[k], config, collect.deliver(k), return_attention, should_stop=should_stop,
-                              owner=job) for k in shortest_first]
+        config_plain = config.replace(glossary=())  # terms travel as each sentence's constraints
+        sentences = [Sentence(src[k], config_plain, collect.deliver(k), return_attention, should_stop=should_stop,
+                              owner=job, constraints=constraints[k]) for k in shortest_first]
         with self.cond:
             if self.closed:
                 raise ShuttingDown("the server is shutting down")
@@ -347,6 +358,25 @@ class Translator:
             raise InputError(f"text {n} {what}; the limit is {self.max_input_tokens}"
                              + (" per sentence" if split else ""))
         return ids
+
+    def constraints(self, sentence: str, src: list[int], config: DecodeConfig, n: int) -> Constraints:
+        """The English terms of the glossary whose French term occurs in `sentence` (of text n), as the token
+        sequences its output must hold. InputError if a term cannot be written exactly by the vocabulary, or if the
+        terms cannot all fit in the output's length limit."""
+        if not config.glossary:
+            return ()
+        out = []
+        for fr, en in terms.matches(config.glossary, sentence):
+            ids = self.tokenizer.encode(en)
+            if self.tokenizer.decode(ids) != en:
+                raise InputError(f"the English term {en!r} cannot be written exactly by this model's vocabulary (it "
+                                 f"would come out as {self.tokenizer.decode(ids)!r})")
+            out.append(tuple(ids))
+        need, limit = sum(map(len, out)), max_output_length(len(src), config)
+        if need > limit:
+            raise InputError(f"text {n}: the glossary's terms in {sentence[:40]!r} need {need} tokens, more than the "
+                             f"{limit} its translation may have (max_len_a · source tokens + max_len_b)")
+        return tuple(out)
 
     def detokenize(self, src: list[int], hyps: list[Hypothesis]) -> Translation:
         source_tokens = tuple(self.tokenizer.pieces(src))

@@ -151,5 +151,6 @@ def model_info(translator: Translator, path, config: ServerConfig) -> pb.ModelIn
         training_data=meta.get("training_data", ""), model_card=card,
         scores=[pb.Score(**s) for s in meta.get("scores", [])],
         limits=pb.ServerLimits(max_texts=config.max_texts, max_chars=config.max_chars, max_tokens=config.max_tokens,
-                               max_beam_size=config.max_beam_size, max_message_bytes=config.max_message_bytes),
+                               max_beam_size=config.max_beam_size, max_message_bytes=config.max_message_bytes,
+                               max_glossary_terms=config.max_glossary_terms),
         server_instance=f"{socket.gethostname()}:{os.getpid()}")

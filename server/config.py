@@ -35,6 +35,8 @@ class ServerConfig:
     max_chars: int = opt(5000, "characters per text")
     max_tokens: int = opt(256, "SentencePiece tokens per sentence (after splitting)")
     max_beam_size: int = opt(16, "limit on beam_size, num_samples and n_best")
+    max_glossary_terms: int = opt(64, "glossary terms per request (at most 256): each is a constraint of the beam "
+                                      "search")
     max_message_bytes: int = opt(4 * 1024 * 1024, "request size")
     grace_s: float = opt(20.0, "on SIGTERM, how long in-flight requests may take to finish")
     metrics_port: int = opt(9090, "Prometheus /metrics over HTTP; -1 = off, 0 = any free port")
@@ -46,6 +48,8 @@ class ServerConfig:
     log_format: str = opt("json", "json (one object per line) | text")
 
     def __post_init__(self) -> None:
+        if not 0 <= self.max_glossary_terms <= 256:
+            raise ValueError(f"max_glossary_terms must be in [0, 256], got {self.max_glossary_terms}")
         if self.max_batch_rows < 1 or self.max_cache_mb <= 0 or self.max_queue < 1:
             raise ValueError("max_batch_rows and max_queue must be >= 1, max_cache_mb > 0")
         if self.workers <= self.max_queue:  # a queued request holds a handler thread: keep some for the rest

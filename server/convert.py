@@ -11,16 +11,28 @@ from seq2seq.translator import TextResult, Translation
 from .config import ServerConfig
 
 OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(DecodeConfig))  # DecodingOptions has exactly these
+SCALAR_FIELDS = tuple(name for name in OPTION_FIELDS if name != "glossary")  # proto3 optional: HasField
 
 
 def decode_config(options: pb.DecodingOptions, limits: ServerConfig) -> DecodeConfig:
     """DecodingOptions -> DecodeConfig (proto3 `optional`: unset = the DecodeConfig default). DecodeConfig checks
     every value (finite, in range) and says what is allowed; the server adds only its own --max-beam-size."""
-    config = DecodeConfig(**{name: getattr(options, name) for name in OPTION_FIELDS if options.HasField(name)})
+    if len(options.glossary) > limits.max_glossary_terms:
+        raise ConfigError(f"the glossary has {len(options.glossary)} terms; this server takes at most "
+                          f"{limits.max_glossary_terms} (--max-glossary-terms)")
+    config = DecodeConfig(**{name: getattr(options, name) for name in SCALAR_FIELDS if options.HasField(name)},
+                          glossary=tuple((t.source, t.target) for t in options.glossary))
     for name in ("beam_size", "num_samples", "n_best"):
         if getattr(config, name) > limits.max_beam_size:
             raise ConfigError(f"{name} must be <= {limits.max_beam_size} on this server, got {getattr(config, name)}")
     return config
+
+
+def decoding_options(config: DecodeConfig) -> pb.DecodingOptions:
+    """The mirror of `decode_config`: every field of `config` set."""
+    d = config.to_dict()
+    glossary = [pb.GlossaryTerm(source=fr, target=en) for fr, en in d.pop("glossary")]
+    return pb.DecodingOptions(**{k: v for k, v in d.items() if v is not None}, glossary=glossary)
 
 
 def check_texts(texts, limits: ServerConfig) -> None:

@@ -26,7 +26,7 @@ import pytest
 from seq2seq_client import TranslatorClient
 from seq2seq_client.cli import build_parser as client_parser
 from seq2seq_api.translation.v1 import translator_pb2 as pb
-from seq2seq.config import ConfigError, DecodeConfig, describe_range
+from seq2seq.config import ConfigError, DecodeConfig, describe_range, field_kind
 from seq2seq.options import add_decode_flags, decode_config_from_args
 from seq2seq.translator import InputError, Translator
 from server import convert
@@ -47,6 +47,10 @@ def test_proto_decoding_options_and_decode_config_have_the_same_fields_name_for_
 
     type_names = {v: k for k, v in vars(FieldDescriptor).items() if k.startswith("TYPE_")}
     for p, f in zip(proto, FIELDS):
+        if f.name == "glossary":  # the one option that is a list: repeated GlossaryTerm {source, target}
+            assert p.is_repeated and p.message_type.name == "GlossaryTerm"
+            assert [t.name for t in p.message_type.fields] == ["source", "target"]
+            continue
         expected = {"int": int, "int | None": int, "float": float, "bool": bool}[str(f.type)]
         assert PROTO_KIND[type_names[p.type]] is expected, f.name
         assert p.has_presence, f"{f.name} must be proto3 optional: unset means DecodeConfig's default"
@@ -55,11 +59,11 @@ def test_proto_decoding_options_and_decode_config_have_the_same_fields_name_for_
 def test_every_option_has_a_help_text_and_every_number_a_range():
     for f in FIELDS:
         assert len(f.metadata["help"]) > 10, f.name
-        if str(f.type) != "bool":
+        if field_kind(f) in (int, float):
             assert describe_range(f), f"{f.name} has no range"
 
 
-@pytest.mark.parametrize("field", [f for f in FIELDS if str(f.type) != "bool"], ids=lambda f: f.name)
+@pytest.mark.parametrize("field", [f for f in FIELDS if field_kind(f) in (int, float)], ids=lambda f: f.name)
 def test_bounds_are_accepted_and_one_step_beyond_is_refused_with_the_range(field):
     m, step = field.metadata, (1 if str(field.type).startswith("int") else 1e-6)
     low = m["ge"] if m["ge"] is not None else m["gt"]
@@ -119,9 +123,25 @@ def test_proto_conversion_round_trips_every_field():
     config = DecodeConfig(beam_size=3, length_penalty=1.0, n_best=2, max_len_a=2.0, max_len_b=7, min_len=1,
                           sample=True, temperature=0.5, top_k=5, top_p=0.5, num_samples=3, seed=11,
                           no_repeat_ngram_size=2, repetition_penalty=1.5)  # values exact in float32
-    options = pb.DecodingOptions(**config.to_dict())
+    options = convert.decoding_options(config)
     assert convert.decode_config(options, ServerConfig()) == config
     assert convert.decode_config(pb.DecodingOptions(), ServerConfig()) == DecodeConfig()
+    with_terms = DecodeConfig(beam_size=2, length_penalty=0.5, glossary=[["carte mère", "motherboard"], ["vélo", "bike"]])
+    options = convert.decoding_options(with_terms)
+    assert [(t.source, t.target) for t in options.glossary] == [("carte mère", "motherboard"), ("vélo", "bike")]
+    assert convert.decode_config(options, ServerConfig()) == with_terms
+
+
+def test_the_server_limits_the_glossary_and_the_flag_reads_a_tsv_file(tmp_path):
+    options = pb.DecodingOptions(glossary=[pb.GlossaryTerm(source=f"mot{i}", target="w") for i in range(3)])
+    assert len(convert.decode_config(options, ServerConfig(max_glossary_terms=3)).glossary) == 3
+    with pytest.raises(ConfigError, match="the glossary has 3 terms; this server takes at most 2"):
+        convert.decode_config(options, ServerConfig(max_glossary_terms=2))
+    p = argparse.ArgumentParser()
+    add_decode_flags(p)
+    (tmp_path / "terms.tsv").write_text("# ours\ncarte mère\tmotherboard\n", encoding="utf-8")
+    args = p.parse_args(["--glossary", str(tmp_path / "terms.tsv")])
+    assert decode_config_from_args(args).glossary == (("carte mère", "motherboard"),)
 
 
 # ---- errors that tell the truth -------------------------------------------------------------------------------------

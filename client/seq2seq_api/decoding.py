@@ -10,11 +10,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .errors import ConfigError
+from .glossary import check as check_glossary
+
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
-    """A config value or key is wrong; the message says which and what is allowed."""
 
 
 def _from_dict(cls: type[C], d: dict[str, Any]) -> C:
@@ -101,8 +102,16 @@ class DecodeConfig(_DictMixin):
     no_repeat_ngram_size: int = option(0, "forbid repeating n-grams of this size; 0 = off", ge=0)
     repetition_penalty: float = option(1.0, "CTRL-style penalty on tokens already produced (divides positive "
                                             "logits); 1 = off", gt=0, le=100)
+    glossary: tuple[tuple[str, str], ...] = option((), "terms to use: (French, English) pairs; wherever a French "
+                                    "term occurs in a sentence (whole words, any case), its English term appears in that sentence's "
+                                    "translation, exactly as given (lexically constrained beam search; not with "
+                                    "sample)")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "glossary", check_glossary(self.glossary))  # GlossaryError says which term
+        if self.glossary and self.sample:
+            raise ConfigError("a glossary is enforced by beam search (greedy is beam 1); sampling cannot promise its "
+                              "terms: drop sample or the glossary")
         for f in dataclasses.fields(self):
             value, kind = getattr(self, f.name), field_kind(f)
             if value is None and "None" in str(f.type):

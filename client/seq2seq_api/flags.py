@@ -7,9 +7,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
-from .decoding import DecodeConfig, describe_range, field_kind, out_of_range
+from .decoding import ConfigError, DecodeConfig, describe_range, field_kind, out_of_range
+from .glossary import Glossary, parse_tsv
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -39,9 +41,25 @@ def add_decode_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> 
         if kind is bool:
             g.add_argument(flag, action="store_true", default=f.default if defaults else None, help=text)
             continue
+        if f.name == "glossary":  # the one option that is not a number: a file of term pairs
+            g.add_argument(flag, type=read_glossary, default=f.default if defaults else None, metavar="FILE.tsv",
+                           help=f"{text}. FILE.tsv: one French<TAB>English pair per line, # for comments")
+            continue
         shown = "unset" if f.default is None else f.default
         g.add_argument(flag, type=in_range(f, kind) if kind in (int, float) else kind,
                        default=f.default if defaults else None, metavar=f.name.upper(), help=f"{text} (default {shown})")
+
+
+def read_glossary(path: str) -> Glossary:
+    """argparse type of --glossary: a TSV file of term pairs; a missing file or a bad term is a flag error."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"cannot read the glossary {path}: {e}") from None
+    try:
+        return parse_tsv(text, where=path)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def in_range(f: dataclasses.Field, kind: type):

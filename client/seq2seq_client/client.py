@@ -76,8 +76,10 @@ class TranslatorClient:
 
     @staticmethod
     def request(texts, options=None, return_scores=False, return_attention=False, split_sentences=None):
-        if isinstance(options, dict):
-            options = pb.DecodingOptions(**{k: v for k, v in options.items() if v is not None})
+        if isinstance(options, dict):  # a glossary as (French, English) pairs, like DecodeConfig's
+            glossary = [pb.GlossaryTerm(source=fr, target=en) for fr, en in options.get("glossary") or ()]
+            options = pb.DecodingOptions(**{k: v for k, v in options.items() if v is not None and k != "glossary"},
+                                         glossary=glossary)
         request = pb.TranslateRequest(texts=list(texts), options=options or pb.DecodingOptions(),
                                       return_scores=return_scores, return_attention=return_attention)
         if split_sentences is not None:

@@ -23,6 +23,7 @@ from torch import Tensor
 from ..config import DecodeConfig
 from .engine import Cancelled, Engine, Sentence, TooLarge
 from .hypothesis import Hypothesis, length_penalty
+from .lexical import Constraints
 
 __all__ = ["StepModel", "Memory", "DecoderState", "Hypothesis", "Engine", "Sentence", "Cancelled", "TooLarge",
            "decode", "beam_search", "length_penalty"]
@@ -81,7 +82,7 @@ class StepModel(Protocol):
 
 def decode(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: DecodeConfig,
            generator: torch.Generator | None = None, return_attention: bool = False,
-           search: str = "") -> list[list[Hypothesis]]:
+           search: str = "", constraints: list[Constraints] | None = None) -> list[list[Hypothesis]]:
     """Translate a batch through an Engine of its own: sampling if `config.sample`, else greedy for beam_size 1,
     else beam search (`search` forces one of "beam", "greedy", "sample").
 
@@ -90,13 +91,16 @@ def decode(model: StepModel, src_ids: Tensor, src_pad_mask: Tensor, config: Deco
         src_ids: (B, S) long. src_pad_mask: (B, S) bool, True = padding (after each sentence's tokens).
         generator: random source for sampling when `config.seed` is None.
         return_attention: keep each output token's cross-attention (Hypothesis.attention).
+        constraints: per sentence, token sequences that every hypothesis must hold (lexical.py); None or () = none.
     Returns: B lists of up to n_best hypotheses, best first.
     """
     results: list = [None] * src_ids.size(0)
     lengths = (~src_pad_mask).sum(dim=1).tolist()
     engine = Engine(model, src_ids.device)
+    constraints = constraints or [()] * len(lengths)
     engine.submit([Sentence(src_ids[i, :n].tolist(), config, partial(results.__setitem__, i), return_attention,
-                            generator, search=search) for i, n in enumerate(lengths)])
+                            generator, search=search, constraints=tuple(map(tuple, constraints[i])))
+                   for i, n in enumerate(lengths)])
     engine.run()
     for r in results:
         if isinstance(r, BaseException):

@@ -30,6 +30,7 @@ from .beam import BeamSearch
 from .constraints import max_output_length
 from .greedy import PathSearch
 from .hypothesis import Hypothesis, best_first, last_layer_attention
+from .lexical import ConstrainedBeamSearch, Constraints
 from .sampling import Sampler
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class Sentence:
     should_stop: Callable[[], bool] | None = None  # asked at every step boundary; True = leave, deliver Cancelled
     owner: object = None  # the request it belongs to: with sharing off, one owner's sentences at a time
     search: str = ""  # "beam", "greedy" or "sample"; "" = from config (tests force beam search with beam_size 1)
+    constraints: Constraints = ()  # token sequences its output must hold (a glossary's terms): constrained search
     # kept by the engine and the searches:
     limit: int = 0  # the most output tokens before eos is forced
     found: list[Hypothesis] = field(default_factory=list)  # the hypotheses ended so far
@@ -70,6 +72,8 @@ class Sentence:
 
     @property
     def kind(self) -> str:
+        if self.constraints:  # beam search with dynamic beam allocation, whatever the beam size (1 = greedy)
+            return "constrained"
         if self.search:
             return self.search
         return "sample" if self.config.sample else "greedy" if self.config.beam_size == 1 else "beam"
@@ -78,7 +82,9 @@ class Sentence:
     def rows(self) -> int:
         """Decoder rows it needs: K beams, or one per sample or greedy path."""
         kind = self.kind
-        return self.config.beam_size if kind == "beam" else self.config.num_samples if kind == "sample" else 1
+        if kind in ("beam", "constrained"):
+            return self.config.beam_size
+        return self.config.num_samples if kind == "sample" else 1
 
 
 class Engine:
@@ -88,14 +94,17 @@ class Engine:
         max_positions: the budget of cache positions, rows × (output + source positions), over all rows (None: no
             limit). The caller converts bytes to positions (seq2seq.translator: 2·L·d_model values per position).
         share: False turns cross-request batching off: only sentences of one `owner` decode at a time.
+        glued: (V,) bool, the tokens that continue the word before them (SentencePiece pieces without "▁"): no
+            constrained sentence writes one right after a term (lexical.py); None = no such rule.
 
     Threads: `submit` may be called from any thread; `step` / `run` from one thread at a time (the one that owns
     the model).
     """
 
     def __init__(self, model: StepModel, device: torch.device | str = "cpu", max_rows: int | None = None,
-                 max_positions: int | None = None, share: bool = True):
+                 max_positions: int | None = None, share: bool = True, glued: Tensor | None = None):
         self.model, self.device = model, torch.device(device)
+        self.glued = None if glued is None else glued.to(self.device)
         self.max_rows, self.max_positions, self.share = max_rows, max_positions, share
         self.waiting: deque[Sentence] = deque()
         self.stoppable = 0  # waiting sentences with a should_stop (only they need a look behind the head)
@@ -218,8 +227,10 @@ class Engine:
         key = (s.kind, s.config.replace(seed=None), s.return_attention)
         if key not in self.searches:
             m, c = self.model, s.config
-            if s.kind == "beam":
-                search = BeamSearch(c, m.bos_id, m.eos_id, m.pad_id, self.device, s.return_attention)
+            if s.kind in ("beam", "constrained"):
+                args = (c, m.bos_id, m.eos_id, m.pad_id, self.device, s.return_attention)
+                search = (ConstrainedBeamSearch(*args, glued=self.glued) if s.kind == "constrained"
+                          else BeamSearch(*args))
             else:
                 sampler = Sampler(c, self.device) if s.kind == "sample" else None
                 search = PathSearch(c, s.rows, sampler, m.bos_id, m.eos_id, m.pad_id, self.device,

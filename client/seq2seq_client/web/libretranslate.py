@@ -13,14 +13,16 @@ import grpc
 from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 
+from seq2seq_api import glossary
 from seq2seq_api.decoding import DecodeConfig
+from seq2seq_api.glossary import Glossary
 from seq2seq_api.translation.v1 import translator_pb2 as pb
 
-from .app import HTTP_STATUS, Replicas, public_message
-from .html_format import HtmlTranslation
 from ..documents import CONTENT_TYPES, DocumentError, Job, formats, open_document, translate_in_tasks, translated_name
-
+from .app import HTTP_STATUS, Replicas, public_message
 from .files import Jobs, Progress, TranslatedFiles, Upload, UploadError, read_upload
+from .html_format import HtmlTranslation
+
 SOURCE, TARGET = "fr", "en"
 NAMES = {"en": "English", "fr": "French"}
 LANGUAGES = [{"code": "en", "name": "English", "targets": []}, {"code": "fr", "name": "French", "targets": ["en"]}]
@@ -85,6 +87,20 @@ def check_pair(source, target) -> None:
                          f"{NAMES[source]} ({source})")
 
 
+def parse_glossary(fields: dict) -> Glossary:
+    """Our one parameter beyond LibreTranslate's: `glossary`, term pairs the translation must use (the proto's
+    DecodingOptions.glossary). A JSON body gives a list of [French, English] pairs or an object {French: English};
+    a form or query string gives the same as a JSON string, or TSV lines. Clients that do not send it see nothing
+    change."""
+    value = fields.get("glossary")
+    if value is None or value == "":
+        return ()
+    try:
+        return glossary.parse_any(value)
+    except glossary.GlossaryError as e:
+        raise BadRequest(f"Invalid request: {e}")
+
+
 def parse_translate(fields: dict) -> tuple[list[str], bool, str, int]:
     """(texts, whether q was a list, format, alternatives) from /translate's fields; checks in LibreTranslate's order."""
     for name in ("q", "source", "target"):
@@ -111,13 +127,14 @@ def parse_translate(fields: dict) -> tuple[list[str], bool, str, int]:
     return texts, isinstance(q, list), text_format, alternatives
 
 
-def decoding_options(alternatives: int) -> pb.DecodingOptions:
+def decoding_options(alternatives: int, terms: Glossary = ()) -> pb.DecodingOptions:
     """LibreTranslate's alternatives are the n-best list after the best: alternatives + 1 hypotheses, which the beam
-    must hold (the default width stays when it is wider). None asked: the server's defaults."""
-    if not alternatives:
-        return pb.DecodingOptions()
-    n_best = alternatives + 1
-    return pb.DecodingOptions(n_best=n_best, beam_size=max(n_best, DecodeConfig().beam_size))
+    must hold (the default width stays when it is wider). None asked: the server's defaults. `terms`: the glossary."""
+    options = pb.DecodingOptions(glossary=[pb.GlossaryTerm(source=fr, target=en) for fr, en in terms])
+    if alternatives:
+        n_best = alternatives + 1
+        options.n_best, options.beam_size = n_best, max(n_best, DecodeConfig().beam_size)
+    return options
 
 
 def alternatives_of(result: pb.TextResult, n: int) -> list[str]:
@@ -157,14 +174,15 @@ class LibreTranslate:
         try:
             fields = await read_fields(request)
             texts, batch, text_format, alternatives = parse_translate(fields)
+            terms = parse_glossary(fields)
         except BadRequest as e:
             return error(400, str(e))
         key = fields.get("api_key") if isinstance(fields.get("api_key"), str) else None
         try:
             if text_format == "html":
-                translated, others = await self.translate_html(texts, key), [[] for _ in texts]
+                translated, others = await self.translate_html(texts, key, terms), [[] for _ in texts]
             else:
-                results = await self.translate_text(texts, decoding_options(alternatives), key)
+                results = await self.translate_text(texts, decoding_options(alternatives, terms), key)
                 translated, others = [r.text for r in results], [alternatives_of(r, alternatives) for r in results]
         except grpc.aio.AioRpcError as e:
             return grpc_error(e)
@@ -189,14 +207,15 @@ class LibreTranslate:
             results[i] = result
         return results
 
-    async def translate_html(self, documents: list[str], key: str | None) -> list[str]:
+    async def translate_html(self, documents: list[str], key: str | None, terms: Glossary = ()) -> list[str]:
         """Each document's text segments translated, with attention (which places the inline tags), and put back.
         Segments go in requests of at most the servers' max_texts, all at once: the servers batch them."""
         pages = [HtmlTranslation(d) for d in documents]
         texts = [t for page in pages for t in page.texts]
         size = await self.replicas.max_texts(key) if texts else 1
         replies = await asyncio.gather(*(
-            self.replicas.translate(pb.TranslateRequest(texts=texts[i:i + size], return_attention=True), key)
+            self.replicas.translate(pb.TranslateRequest(texts=texts[i:i + size], return_attention=True,
+                                                        options=decoding_options(0, terms)), key)
             for i in range(0, len(texts), size)))
         results = [MessageToDict(r, preserving_proto_field_name=True) for reply in replies for r in reply.results]
         out, i = [], 0
