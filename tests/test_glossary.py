@@ -207,15 +207,15 @@ def test_grpc_requests_get_their_terms_and_bad_glossaries_are_invalid_argument(s
 
     with TranslatorClient(f"127.0.0.1:{server.port}", timeout=60) as client:
         plain = client.translate(["ba ce di", "fo ga"]).results
-        reply = client.translate(["ba ce di", "fo ga"], {"glossary": [("ce", "ka mu")]}).results
-        assert "ka mu" in reply[0].text and "ka mu" not in plain[0].text
+        reply = client.translate(["ba ce di", "fo ga"], {"glossary": [("ce", "ka ku")]}).results
+        assert "ka ku" in reply[0].text and "ka ku" not in plain[0].text  # the copy model writes what it reads
         assert reply[1].text == plain[1].text  # no term in it
-        for options, message in [({"glossary": [("ce", "ka"), ("di", "mu"), ("ba", "fo")]}, "at most 2"),
+        for options, message in [({"glossary": [("ce", "ka"), ("di", "ku"), ("ba", "fo")]}, "at most 2"),
                                  ({"glossary": [("ce", "")]}, "empty English term"),
-                                 ({"glossary": [("ce", "ka"), ("CE", "mu")]}, "two English terms"),
+                                 ({"glossary": [("ce", "ka"), ("CE", "ku")]}, "two English terms"),
                                  ({"glossary": [("ce", "ka")], "sample": True}, "sampling cannot promise"),
                                  ({"glossary": [("ce", "日本")]}, "cannot be written exactly"),
-                                 ({"glossary": [("ce", "ka mu fo ga ba ce di")], "max_len_a": 0.0, "max_len_b": 3},
+                                 ({"glossary": [("ce", "ka ku fo ga ba ce di")], "max_len_a": 0.0, "max_len_b": 3},
                                   "more than the 3 its translation may have")]:
             with pytest.raises(grpc.RpcError) as e:
                 client.translate(["ba ce di"], options)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..config import DecodeConfig
 from .beam import BeamSearch, top_k
 from .constraints import NEG_INF, constrain, rows_at_max
 
@@ -82,11 +83,12 @@ class ConstrainedBeamSearch(BeamSearch):
 
     Beam k of sentence a is row a · K + k, as in BeamSearch; self.progress[a][k] is that beam's Progress."""
 
-    def __init__(self, *args, glued: Tensor | None = None, **kwargs):
-        """glued: (V,) bool, the tokens that continue the word before them (pieces without a word-start mark), or
-        None if the vocabulary has none."""
-        super().__init__(*args, **kwargs)
-        self.glued = glued
+    def __init__(self, config: DecodeConfig, bos_id: int, eos_id: int, pad_id: int, device: torch.device,
+                 keep_attention: bool, glued: Tensor | None = None):
+        """As BeamSearch; glued: (V,) bool, the tokens that continue the word before them (pieces without a
+        word-start mark), or None if the vocabulary has none."""
+        super().__init__(config, bos_id, eos_id, pad_id, device, keep_attention)
+        self.glued = None if glued is None or not bool(glued.any()) else glued.nonzero().squeeze(1)  # (G,) ids
         self.progress: list[list[Progress]] = []  # (A, K)
 
     def join(self, sentences: list[Sentence]) -> None:
@@ -107,7 +109,7 @@ class ConstrainedBeamSearch(BeamSearch):
         after_term = [p.ended for beams in self.progress for p in beams]
         if self.glued is not None and any(after_term):
             rows = torch.tensor(after_term, device=log_probs.device).nonzero()  # (n, 1)
-            log_probs[rows, self.glued.nonzero().squeeze(1)] = NEG_INF
+            log_probs[rows, self.glued] = NEG_INF
         totals = self.totals[:, None] + log_probs  # (N, V)
         v = totals.size(1)
         # 2. The candidates: the 2K best extensions of all beams, and each beam's own (`_proposals`).
