@@ -21,6 +21,7 @@ from seq2seq_client.documents import CHARS_PER_REQUEST, Job, cut, open_document
 from test_web import Code, FakeTranslator, gateway, get, in_loop, post
 # fixtures: the shipped model behind a real gRPC server, and the gateway that serves the page in front of it
 from test_web_page import gateway as page_gateway, grpc_server, open_page  # noqa: F401
+from test_web_page import event_loop_thread, serve_fake
 
 docx = pytest.importorskip("docx")
 
@@ -243,6 +244,87 @@ async def test_a_megabyte_of_text_streams_with_progress_and_bounded_requests_in_
         assert fake.peak[0] <= 2 * 4 and fake.peak[1] <= 2 * CHARS_PER_REQUEST  # two requests in flight at most
     assert [p["done"] for p in seen] == sorted(p["done"] for p in seen)
     assert time.perf_counter() - start < 10
+
+
+# ---- the glossary ---------------------------------------------------------------------------------------------------
+
+def terms_of(request: pb.TranslateRequest) -> list[tuple[str, str]]:
+    return [(t.source, t.target) for t in request.options.glossary]
+
+
+@in_loop
+async def test_a_glossary_field_goes_with_every_request_of_the_file():
+    """/translate's forms of a glossary in a form field (TSV lines, a JSON list or object) reach each TranslateStream
+    request of the file; without the field, no term."""
+    async with gateway(StreamingFake(max_texts=1)) as rig:
+        text = "La carte mère.\nUn écran.\n".encode()
+        for value in ("carte mère\tmotherboard", '[["carte mère", "motherboard"]]', '{"carte mère": "motherboard"}',
+                      None):
+            before = len(streams(rig.fakes[0]))
+            fields = FIELDS + ((("glossary", value),) if value is not None else ())
+            status, body = await post(rig, "/translate_file", data=upload("a.txt", text, fields=fields))
+            assert status == 200, body
+            sent = streams(rig.fakes[0])[before:]
+            assert sorted(list(r.texts) for r in sent) == [["La carte mère."], ["Un écran."]]
+            assert [terms_of(r) for r in sent] == [[("carte mère", "motherboard")] if value else []] * 2, value
+
+
+@pytest.mark.parametrize("value, message", [
+    ("carte mère\t", "glossary entry 0 has an empty English term"),
+    ("carte mère", "glossary, line 1: expected French<TAB>English, got 1 field(s)"),
+    ('[["carte", "card"], ["Carte", "map"]]', "glossary entry 1: the French term 'Carte' has two English terms, "
+                                              "'card' and 'map'"),
+    # the JSON API's shape is not a pair: a clear 400, not the glossary ("source", "target")
+    ('[{"source": "carte", "target": "card"}]', "glossary entry 0 must be a [French, English] pair, got "
+                                                "{'source': 'carte', 'target': 'card'}"),
+    ("x\t" + "y" * 101, "glossary entry 0: the English term has 101 characters; the limit is 100"),
+], ids=["empty-term", "one-column", "two-english", "object-pair", "too-long"])
+@in_loop
+async def test_a_bad_glossary_on_a_file_is_a_400_with_its_reason(value, message):
+    async with gateway(StreamingFake()) as rig:
+        body = upload("a.txt", b"Un.", fields=FIELDS + (("glossary", value), ("job_id", "bad-glossary")))
+        assert await post(rig, "/translate_file", data=body) == (400, {"error": f"Invalid request: {message}"})
+        assert streams(rig.fakes[0]) == []
+        assert (await get(rig, "/translate_file/progress/bad-glossary"))[0] == 404  # no job was started
+
+
+class OneTermServer(StreamingFake):
+    """A server started with --max-glossary-terms 1: its words for a longer glossary."""
+
+    async def TranslateStream(self, request, context):
+        if len(request.options.glossary) > 1:
+            await context.abort(Code.INVALID_ARGUMENT, f"the glossary has {len(request.options.glossary)} terms; "
+                                                       "this server takes at most 1 (--max-glossary-terms)")
+        async for reply in super().TranslateStream(request, context):
+            yield reply
+
+
+@in_loop
+async def test_a_glossary_the_server_refuses_is_a_400_with_the_servers_reason():
+    async with gateway(OneTermServer()) as rig:
+        body = upload("a.txt", b"Un.", fields=FIELDS + (("glossary", '{"un": "one", "deux": "two"}'),))
+        assert await post(rig, "/translate_file", data=body) == \
+            (400, {"error": "the glossary has 2 terms; this server takes at most 1 (--max-glossary-terms)"})
+        body = upload("a.txt", b"Un.", fields=FIELDS + (("glossary", '{"un": "one"}'),))
+        assert (await post(rig, "/translate_file", data=body))[0] == 200
+
+
+def test_the_cli_sends_its_glossary_with_every_request_of_a_file(tmp_path, capsys):
+    """--glossary FILE.tsv (a generated decoding flag) reaches each request of --file, with --out and without."""
+    fake = StreamingFake(max_texts=1)
+    (tmp_path / "terms.tsv").write_text("# French\tEnglish\ncarte mère\tmotherboard\n", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("La carte mère.\nUn écran.\n", encoding="utf-8")
+    with event_loop_thread() as run, serve_fake(run, fake) as target:
+        flags = ["--server", target, "--file", str(tmp_path / "a.txt"), "--glossary", str(tmp_path / "terms.tsv")]
+        assert cli.main(flags + ["--out", str(tmp_path / "b.txt")]) == 0  # the whole-file path: TranslateStream
+        assert (tmp_path / "b.txt").read_text(encoding="utf-8") == "en:La carte mère.\nen:Un écran.\n"
+        assert cli.main(flags) == 0  # a .txt without --out: one Translate per 64 lines, printed
+        assert capsys.readouterr().out == "en:La carte mère.\nen:Un écran.\n"
+    sent = streams(fake)
+    assert [list(r.texts) for r in sent[:2]] in ([["La carte mère."], ["Un écran."]],
+                                                 [["Un écran."], ["La carte mère."]])
+    assert [list(r.texts) for r in sent[2:]] == [["La carte mère.", "Un écran."]]
+    assert [terms_of(r) for r in sent] == [[("carte mère", "motherboard")]] * 3
 
 
 # ---- the formats through the real server ----------------------------------------------------------------------------

@@ -3,11 +3,15 @@ gRPC server with the shipped model: typing French gives the English the gRPC API
 the attention viewer follows hover, focus, sentence and head; API errors show up in the page; and the page fetches
 nothing from outside the gateway.
 
+The glossary's table goes through a fake gRPC server (test_web's, with sentences and terms), so that the request the
+page sends and the reply it shows are known exactly.
+
 The browser tests skip when Chromium is missing (scripts/install_chromium.sh) or the shipped model is.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import re
@@ -15,10 +19,17 @@ import threading
 from html.parser import HTMLParser
 from pathlib import Path
 
+import grpc
 import pytest
 from google.protobuf import json_format
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import alphas
+from seq2seq_api import glossary
+from seq2seq_api.translation.v1 import translator_pb2 as pb
+from seq2seq_api.translation.v1 import translator_pb2_grpc as pb_grpc
+from test_web import FakeTranslator
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "fr-en-small"
@@ -80,25 +91,104 @@ def grpc_server():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def gateway(grpc_server) -> str:
-    """The aiohttp gateway on a free port, its event loop in a thread of its own; yields its base URL."""
+@contextlib.contextmanager
+def event_loop_thread():
+    """An event loop running in a thread of its own; yields run(coroutine) -> its result, to call from this thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="event-loop", daemon=True)
+    thread.start()
+    try:
+        yield lambda coroutine: asyncio.run_coroutine_threadsafe(coroutine, loop).result(120)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@contextlib.contextmanager
+def serve_gateway(run, *targets: str):
+    """The aiohttp gateway in front of the gRPC servers `targets`, on a free port, in `run`'s loop: its base URL."""
     from aiohttp import web
     from seq2seq_client.web.app import WebConfig, make_app
 
-    loop = asyncio.new_event_loop()
-    app = make_app(WebConfig(server=(f"127.0.0.1:{grpc_server.port}",), host="127.0.0.1", port=0, timeout=120))
-    runner = web.AppRunner(app, access_log=None)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-    port = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, name="gateway", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.run_until_complete(runner.cleanup())
-    loop.close()
+    async def start() -> web.AppRunner:
+        app = make_app(WebConfig(server=targets, host="127.0.0.1", port=0, timeout=120))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner
+
+    runner = run(start())
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        run(runner.cleanup())
+
+
+@contextlib.contextmanager
+def serve_fake(run, fake):
+    """A fake Translator of test_web's kind (grpc.aio), health SERVING, on a free port in `run`'s loop: HOST:PORT."""
+    async def start():
+        server = grpc.aio.server()
+        pb_grpc.add_TranslatorServicer_to_server(fake, server)
+        health = grpc_health.aio.HealthServicer()
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = run(start())
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        run(server.stop(0))
+
+
+@pytest.fixture(scope="module")
+def gateway(grpc_server) -> str:
+    """The aiohttp gateway on a free port, its event loop in a thread of its own; yields its base URL."""
+    with event_loop_thread() as run, serve_gateway(run, f"127.0.0.1:{grpc_server.port}") as url:
+        yield url
+
+
+class GlossaryFake(FakeTranslator):
+    """test_web's fake with sentences and terms: each sentence ("." "!" "?" end one) becomes "en:" + itself with each
+    glossary term's French (any case) replaced by its English, the sentences joined by a space. A glossary that
+    seq2seq_api.glossary.check refuses is INVALID_ARGUMENT with its message, as from the real server."""
+
+    @staticmethod
+    def result(text: str, terms: glossary.Glossary) -> pb.TextResult:
+        sentences = []
+        for source in (s.strip() for s in re.findall(r"[^.!?]+[.!?]*", text) if s.strip()):
+            english = source
+            for fr, en in terms:
+                english = re.sub(re.escape(fr), lambda m: en, english, flags=re.IGNORECASE)
+            sentences.append(pb.SentenceResult(source=source, hypotheses=[pb.Hypothesis(text=f"en:{english}")]))
+        return pb.TextResult(text=" ".join(s.hypotheses[0].text for s in sentences), sentences=sentences)
+
+    async def results(self, request, context) -> list[pb.TextResult]:
+        await self._enter(request, context)
+        try:
+            terms = glossary.check([(t.source, t.target) for t in request.options.glossary])
+        except glossary.GlossaryError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return [self.result(text, terms) for text in request.texts]
+
+    async def Translate(self, request, context):
+        return pb.TranslateResponse(results=await self.results(request, context))
+
+    async def TranslateStream(self, request, context):
+        for i, result in enumerate(await self.results(request, context)):
+            yield pb.TranslateStreamResponse(index=i, result=result)
+
+
+@pytest.fixture(scope="module")
+def fake_gateway():
+    """The gateway in front of a GlossaryFake: (its base URL, the fake, which records the requests)."""
+    fake = GlossaryFake()
+    with event_loop_thread() as run, serve_fake(run, fake) as target, serve_gateway(run, target) as url:
+        yield url, fake
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +355,126 @@ def test_page_shows_api_errors_and_translates_as_you_type(browser, gateway):
     browser.find_element(By.ID, "source").send_keys("Merci beaucoup.")
     WebDriverWait(browser, 120).until(lambda b: state(b) == "done")
     assert browser.find_element(By.ID, "translation").text and not error.is_displayed()
+
+
+# ---- the glossary's table, against the GlossaryFake ------------------------------------------------------------------
+
+def fill_term(browser, row: int, french: str, english: str) -> None:
+    """Types the terms into row `row` (1-based) of the glossary's table, replacing what was there."""
+    from selenium.webdriver.common.by import By
+
+    cells = browser.find_elements(By.CSS_SELECTOR, "#glossary-rows tr")[row - 1].find_elements(By.TAG_NAME, "input")
+    for cell, term in zip(cells, (french, english)):
+        cell.clear()
+        cell.send_keys(term)
+
+
+def sent_terms(request) -> list[tuple[str, str]]:
+    return [(t.source, t.target) for t in request.options.glossary]
+
+
+@pytest.mark.slow
+def test_the_page_sends_its_glossary_and_marks_the_english_terms_used(browser, fake_gateway):
+    from selenium.webdriver.common.by import By
+
+    url, fake = fake_gateway
+    browser.get_log("browser")  # drained: the log holds what earlier tests of the module left (their 400s)
+    open_page(browser, url)
+    rows = lambda: browser.find_elements(By.CSS_SELECTOR, "#glossary-rows tr")
+    # 1. Three empty rows to start, each input with a label; the glossary is the table, not a generated option.
+    assert len(rows()) == 3 and browser.find_elements(By.ID, "option-glossary") == []
+    inputs = browser.find_elements(By.CSS_SELECTOR, "#glossary-rows input")
+    labels = browser.find_elements(By.CSS_SELECTOR, "#glossary-rows label")
+    assert [i.get_attribute("value") for i in inputs] == [""] * 6
+    assert [label.get_attribute("textContent") for label in labels] == \
+        ["French term 1", "English term 1", "French term 2", "English term 2", "French term 3", "English term 3"]
+    assert [label.get_attribute("for") for label in labels] == [i.get_attribute("id") for i in inputs]
+
+    # 2. Rows added and removed; the row with one term only is named in the hint and not sent.
+    fill_term(browser, 1, "carte mère", "motherboard")
+    fill_term(browser, 2, "clavier", "keyboard")
+    fill_term(browser, 3, "souris", "")
+    for row, terms in ((4, ("  écran ", "screen")), (5, ("gras", "<b>bold</b>"))):
+        browser.find_element(By.ID, "add-term").click()
+        fill_term(browser, row, *terms)
+    rows()[1].find_element(By.CLASS_NAME, "remove-term").click()  # clavier goes: souris is row 2 now
+    assert len(rows()) == 4
+    assert rows()[1].find_element(By.TAG_NAME, "label").get_attribute("textContent") == "French term 2"
+    assert browser.find_element(By.ID, "glossary-hint").text == \
+        "Row 2 is not sent: it needs both a French and an English term."
+
+    # 3. The complete rows go out as options.glossary, trimmed; the English comes back with the terms used marked: in
+    #    the first sentence "motherboard" (its French holds "carte mère"), in the second "screen" and "<b>bold</b>"
+    #    but not "motherboard" (no "carte mère" in its French). The markup of a term is text, never parsed.
+    assert translate(browser, "La carte mère est neuve. Le motherboard et l'écran gras.") == "done"
+    assert sent_terms(fake.requests[-1]) == [("carte mère", "motherboard"), ("écran", "screen"),
+                                             ("gras", "<b>bold</b>")]
+    shown = browser.find_element(By.ID, "translation")
+    assert shown.text == "en:La motherboard est neuve. en:Le motherboard et l'screen <b>bold</b>."
+    marks = shown.find_elements(By.TAG_NAME, "mark")
+    assert [m.text for m in marks] == ["motherboard", "screen", "<b>bold</b>"]
+    assert marks[0].get_attribute("title") == "Glossary: carte mère → motherboard"
+    assert shown.find_elements(By.TAG_NAME, "b") == []
+
+    # 4. No complete row: no glossary in the request, nothing marked.
+    for row in (1, 3, 4):
+        fill_term(browser, row, "", "")
+    assert translate(browser, "La carte mère.") == "done"
+    assert sent_terms(fake.requests[-1]) == [] and shown.find_elements(By.TAG_NAME, "mark") == []
+    assert shown.text == "en:La carte mère."
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+@pytest.mark.slow
+def test_the_page_shows_why_a_glossary_is_refused(browser, fake_gateway):
+    from selenium.webdriver.common.by import By
+
+    url, fake = fake_gateway
+    open_page(browser, url)
+    fill_term(browser, 1, "carte mère", "motherboard")
+    fill_term(browser, 2, "Carte  Mère", "mainboard")
+    assert translate(browser, "La carte mère.") == "error"
+    error = browser.find_element(By.ID, "error")
+    assert error.is_displayed() and error.text == ("INVALID_ARGUMENT: glossary entry 1: the French term 'Carte Mère' "
+                                                   "has two English terms, 'motherboard' and 'mainboard'")
+    fill_term(browser, 2, "", "")
+    assert translate(browser, "La carte mère.") == "done" and not error.is_displayed()
+    assert [m.text for m in browser.find_elements(By.CSS_SELECTOR, "#translation mark")] == ["motherboard"]
+
+
+@pytest.mark.slow
+def test_the_page_sends_its_glossary_with_a_file(browser, fake_gateway, tmp_path):
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, fake = fake_gateway
+    open_page(browser, url)
+    body = browser.find_element(By.TAG_NAME, "body")
+
+    def upload(path: Path) -> str:
+        browser.find_element(By.ID, "file").send_keys(str(path))
+        browser.find_element(By.ID, "translate-file").click()
+        WebDriverWait(browser, 60).until(lambda b: body.get_attribute("data-file-state") in ("done", "error"))
+        return body.get_attribute("data-file-state")
+
+    fill_term(browser, 1, "carte mère", "motherboard")
+    fill_term(browser, 2, "souris", "")
+    (tmp_path / "notes.txt").write_text("La carte mère.\nUn écran.\n", encoding="utf-8")
+    before = len(fake.requests)
+    assert upload(tmp_path / "notes.txt") == "done", browser.find_element(By.ID, "file-status").text
+    sent = fake.requests[before:]  # the server's max_texts is 2: one TranslateStream
+    assert [(list(r.texts), sent_terms(r)) for r in sent] == \
+        [(["La carte mère.", "Un écran."], [("carte mère", "motherboard")])]
+    with urllib.request.urlopen(browser.find_element(By.ID, "file-download").get_attribute("href")) as r:
+        assert r.read().decode() == "en:La motherboard.\nen:Un écran.\n"
+
+    # a glossary the gateway refuses: its reason in the file's status, and no request
+    fill_term(browser, 2, "Carte mère", "mainboard")
+    before = len(fake.requests)
+    assert upload(tmp_path / "notes.txt") == "error"
+    assert browser.find_element(By.ID, "file-status").text == ("Invalid request: glossary entry 1: the French term "
+                                                               "'Carte mère' has two English terms, 'motherboard' "
+                                                               "and 'mainboard'")
+    assert len(fake.requests) == before

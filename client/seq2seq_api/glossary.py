@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
 
@@ -39,7 +39,8 @@ def check(pairs: Any) -> Glossary:
         raise GlossaryError(f"a glossary is a list of [French, English] term pairs, got {type(pairs).__name__}")
     out: dict[str, tuple[str, str]] = {}
     for n, pair in enumerate(pairs):
-        if isinstance(pair, (str, bytes)) or not isinstance(pair, Iterable):
+        # a dict is iterable too, but over its keys: {"source": ..., "target": ...} would become ("source", "target")
+        if isinstance(pair, (str, bytes, Mapping)) or not isinstance(pair, Iterable):
             raise GlossaryError(f"glossary entry {n} must be a [French, English] pair, got {pair!r}")
         pair = tuple(pair)
         if len(pair) != 2 or not all(isinstance(t, str) for t in pair):

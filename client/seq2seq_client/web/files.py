@@ -20,6 +20,8 @@ from aiohttp import BodyPartReader, web
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 MAX_FIELD_BYTES = 64 * 1024  # a form field other than the file (source, target, api_key, job_id)
+# but a glossary may be 256 pairs of 100-character terms (seq2seq_api.glossary), 4 UTF-8 bytes each, JSON-quoted
+FIELD_BYTES = {"glossary": 512 * 1024}
 
 
 class UploadError(Exception):
@@ -62,7 +64,8 @@ async def read_upload(request: web.Request, max_file_bytes: int) -> Upload:
                 if part.name == "file" and not upload.filename:  # browsers write '"' as %22, aiohttp all as %XX
                     upload.filename, upload.data = unquote(part.filename), data
             elif part.name not in upload.fields:
-                value = await _read(part, MAX_FIELD_BYTES, f"Invalid request: {part.name} is too long")
+                limit = FIELD_BYTES.get(part.name, MAX_FIELD_BYTES)
+                value = await _read(part, limit, f"Invalid request: {part.name} is too long")
                 upload.fields[part.name] = value.decode(part.get_charset("utf-8"))
     except (ValueError, LookupError, AssertionError) as e:  # a broken body, bytes not in their charset
         raise UploadError(f"Invalid form data: {e}")

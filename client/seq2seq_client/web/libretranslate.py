@@ -259,7 +259,8 @@ class LibreTranslate:
 
     async def translate_file(self, request: web.Request) -> web.Response:
         """POST /translate_file, multipart: file (.txt, .html, .docx), source, target, api_key; and ours, job_id
-        (optional, chosen by the client: GET /translate_file/progress/{job_id} says how far it is). -> 200
+        (optional, chosen by the client: GET /translate_file/progress/{job_id} says how far it is) and glossary (as
+        /translate's, see `parse_glossary`: every request of the file carries its terms). -> 200
         {"translatedFileUrl": ".../download_file/<name>"} once the file is translated. LibreTranslate's checks in its
         order, with its 400 bodies; a file over --max-file-bytes is a 400 too, an unreadable one also."""
         try:
@@ -271,6 +272,7 @@ class LibreTranslate:
             if PurePath(upload.filename).suffix.lower() not in formats():
                 raise BadRequest("Invalid request: file format not supported")
             check_pair(source, target)
+            terms = parse_glossary(upload.fields)
             job_id = upload.fields.get("job_id")
             progress = self.jobs.start(job_id) if job_id else Progress()
         except (BadRequest, UploadError) as e:
@@ -278,7 +280,7 @@ class LibreTranslate:
         # LibreTranslate reads source and target from the form only, and api_key from the query string or the form
         key = request.query.get("api_key") or upload.fields.get("api_key") or None
         try:
-            name = await self.translate_upload(upload, key, progress)
+            name = await self.translate_upload(upload, key, progress, terms)
         except DocumentError as e:
             progress.state, progress.error = "error", str(e)
             return error(400, f"Invalid request: {e}")
@@ -287,10 +289,10 @@ class LibreTranslate:
             return grpc_error(e)
         return web.json_response({"translatedFileUrl": f"{request.scheme}://{request.host}/download_file/{name}"})
 
-    async def translate_upload(self, upload: Upload, key: str | None, progress: Progress) -> str:
+    async def translate_upload(self, upload: Upload, key: str | None, progress: Progress, terms: Glossary = ()) -> str:
         """The file's texts through TranslateStream requests of at most the servers' max_texts (two at a time, so
-        that the servers' running batch decodes them together: see documents.Job), and the translated file saved:
-        its name."""
+        that the servers' running batch decodes them together: see documents.Job), each with the glossary `terms`,
+        and the translated file saved: its name."""
         document = await asyncio.to_thread(open_document, upload.filename, upload.data)  # a .docx takes a while
         limits = (await self.replicas.model_info(key)).limits
 
@@ -299,8 +301,9 @@ class LibreTranslate:
 
         job = Job(document, limits.max_texts or 64, limits.max_chars or 5000, on_progress=advance)
         progress.state, progress.total = "translating", job.total
+        options = decoding_options(0, terms)
         await translate_in_tasks(job, lambda texts: self.replicas.translate_stream(
-            pb.TranslateRequest(texts=texts, return_attention=job.attention), key))
+            pb.TranslateRequest(texts=texts, return_attention=job.attention, options=options), key))
         progress.state = "writing"
         name = await self.files.save(translated_name(upload.filename, TARGET), await asyncio.to_thread(job.render))
         progress.state = "done"

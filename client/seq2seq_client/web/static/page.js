@@ -3,7 +3,9 @@
    api/v1/info once, POST api/v1/translate per translation; a file goes to POST translate_file (LibreTranslate's),
    whose progress is polled from translate_file/progress/<job_id>, and comes back from download_file/<name>. The
    option controls are made from api/v1/options (seq2seq_api.decoding.DecodeConfig), so a new option needs no change
-   here. body[data-state] says where the page is: loading, ready, busy, done or error (for tests, and for styles). */
+   here; the glossary (a list) has its own table, sent as options.glossary with each translation and as the glossary
+   field of a file, and the English terms used come back highlighted. body[data-state] says where the page is:
+   loading, ready, busy, done or error (for tests, and for styles). */
 (function () {
   "use strict";
 
@@ -109,9 +111,9 @@
   }
 
   function buildOptions(list) {
-    optionList = list;
+    optionList = list.filter((spec) => spec.type !== "list");  // the glossary: the term table, not a control
     const main = [], more = [];
-    for (const spec of list) (MAIN_OPTIONS.includes(spec.name) ? main : more).push(spec);
+    for (const spec of optionList) (MAIN_OPTIONS.includes(spec.name) ? main : more).push(spec);
     main.sort((a, b) => MAIN_OPTIONS.indexOf(a.name) - MAIN_OPTIONS.indexOf(b.name));
     $("options-main").replaceChildren(...main.map(optionControl));
     $("options-more").replaceChildren(...more.map(optionControl));
@@ -140,6 +142,136 @@
     return options;
   }
 
+  // ---- the glossary: French term | English term rows, sent as options.glossary ----------------------------------
+
+  const GLOSSARY_START_ROWS = 3;
+  let termIds = 0;  // ids for the rows' inputs, never reused, so a label keeps its input when a row above goes
+
+  function termCell(side, lang) {
+    const cell = document.createElement("td"), label = document.createElement("label"),
+          input = document.createElement("input");
+    input.type = "text";
+    input.id = `term-${++termIds}`;
+    input.className = `term-${side}`;
+    input.lang = lang;
+    input.maxLength = 100;  // seq2seq_api.glossary.MAX_TERM_CHARS
+    input.spellcheck = false;
+    label.htmlFor = input.id;
+    label.className = "visually-hidden";
+    cell.append(label, input);
+    return cell;
+  }
+
+  function addTermRow() {
+    const row = document.createElement("tr"), cell = document.createElement("td"),
+          remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "remove-term";
+    remove.textContent = "Remove";
+    remove.addEventListener("click", () => {
+      row.remove();
+      numberTermRows();
+      readGlossary();
+      $("add-term").focus();  // the focused button went with its row
+      if ($("live").checked && $("source").value.trim()) translate();
+    });
+    cell.append(remove);
+    row.append(termCell("source", "fr"), termCell("target", "en"), cell);
+    $("glossary-rows").append(row);
+    numberTermRows();
+    return row;
+  }
+
+  // Labels say which row ("French term 2"), so they follow the rows' places.
+  function numberTermRows() {
+    $("glossary-rows").querySelectorAll("tr").forEach((row, i) => {
+      const [source, target] = row.querySelectorAll("label");
+      source.textContent = `French term ${i + 1}`;
+      target.textContent = `English term ${i + 1}`;
+      row.querySelector(".remove-term").setAttribute("aria-label", `Remove row ${i + 1}`);
+    });
+  }
+
+  const squeeze = (text) => text.trim().split(/\s+/).filter(Boolean).join(" ");
+
+  // The rows with both terms, as the proto's GlossaryTerm {source, target}. A row with one term only is not sent,
+  // and the hint says which; empty rows are just empty. The server checks the rest and says what is wrong.
+  function readGlossary() {
+    const terms = [], incomplete = [];
+    $("glossary-rows").querySelectorAll("tr").forEach((row, i) => {
+      const source = squeeze(row.querySelector(".term-source").value),
+            target = squeeze(row.querySelector(".term-target").value);
+      if (source && target) terms.push({source, target});
+      else if (source || target) incomplete.push(i + 1);
+    });
+    $("glossary-hint").textContent = !incomplete.length ? "" : (incomplete.length === 1 ?
+      `Row ${incomplete[0]} is not sent: it needs both a French and an English term.` :
+      `Rows ${incomplete.join(", ")} are not sent: each needs both a French and an English term.`);
+    return terms;
+  }
+
+  // Terms are compared as seq2seq_api.glossary compares them: NFKC, lower case (its casefold, but for ß and a few
+  // like it), spaces collapsed, whole words only.
+  const normalize = (text) => squeeze(text.normalize("NFKC").toLowerCase());
+  const WORD = "[\\p{L}\\p{N}_]";  // Python's \w
+
+  // [start, end) of each whole-word occurrence of `term` in `text` (a space in the term: any run of spaces)
+  function findAll(term, text) {
+    const words = term.split(" ").map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+    const before = new RegExp(`^${WORD}`, "u").test(term) ? `(?<!${WORD})` : "";
+    const after = new RegExp(`${WORD}$`, "u").test(term) ? `(?!${WORD})` : "";
+    const pattern = new RegExp(before + words.join("\\s+") + after, "gu");
+    return Array.from(text.matchAll(pattern), (m) => [m.index, m.index + m[0].length]);
+  }
+
+  // The terms whose French occurs in a sentence (glossary.matches): one inside a longer term's occurrence does not
+  // count ("carte" in "carte mère").
+  function termsIn(source, terms) {
+    const text = normalize(source), spans = terms.map((t) => findAll(normalize(t.source), text)), every = spans.flat();
+    const insideLonger = ([a, b]) => every.some(([c, d]) => c <= a && b <= d && d - c > b - a);
+    return terms.filter((t, i) => spans[i].some((span) => !insideLonger(span)));
+  }
+
+  // Where the used terms' English stands in the text: each sentence's best hypothesis is found in the text in turn,
+  // and in it the English (as given: the server writes it so) of the terms whose French is in that sentence's source.
+  // -> [start, end, term], in order, not overlapping.
+  function usedTermSpans(textResult, terms) {
+    const text = textResult.text || "", spans = [];
+    let pos = 0;
+    for (const sentence of terms.length ? textResult.sentences || [] : []) {
+      const best = ((sentence.hypotheses || [])[0] || {}).text || "", at = best ? text.indexOf(best, pos) : -1;
+      if (at < 0) continue;
+      for (const term of termsIn(sentence.source || "", terms)) {
+        for (const [a, b] of findAll(term.target, best)) spans.push([at + a, at + b, term]);
+      }
+      pos = at + best.length;
+    }
+    spans.sort((x, y) => x[0] - y[0] || y[1] - x[1]);  // by start, the longer first where two start together
+    let end = 0;
+    return spans.filter(([a, b]) => {
+      if (a < end) return false;
+      end = b;
+      return true;
+    });
+  }
+
+  // The translation as text nodes, with a <mark> around each English term used (textContent only: no markup from
+  // the terms or the translation is ever parsed).
+  function showTranslation(textResult, terms) {
+    const text = textResult.text || "", nodes = [];
+    let pos = 0;
+    for (const [a, b, term] of usedTermSpans(textResult, terms || [])) {
+      const mark = document.createElement("mark");
+      mark.className = "term";
+      mark.textContent = text.slice(a, b);
+      mark.title = `Glossary: ${term.source} → ${term.target}`;
+      nodes.push(text.slice(pos, a), mark);
+      pos = b;
+    }
+    nodes.push(text.slice(pos));
+    $("translation").replaceChildren(...nodes);
+  }
+
   // ---- translating ------------------------------------------------------------------------------------------------
 
   function setBusy(busy) {
@@ -162,6 +294,8 @@
       showError(e);
       return;
     }
+    const terms = readGlossary();
+    if (terms.length) options.glossary = terms;
     if (pending) pending.abort();  // a newer text or option wins over the request in flight
     const controller = new AbortController();
     pending = controller;
@@ -171,7 +305,7 @@
                                                    return_scores: true, return_attention: true}, controller.signal);
       if (!reply.results || !reply.results.length) throw new ApiError("the reply holds no result", "INTERNAL");
       clearError();
-      showResult(reply.results[0]);
+      showResult(reply.results[0], terms);
       document.body.dataset.state = "done";
     } catch (e) {
       if (e.name !== "AbortError") showError(e);
@@ -183,9 +317,9 @@
     }
   }
 
-  function showResult(textResult) {
+  function showResult(textResult, terms) {
     result = textResult;
-    $("translation").textContent = textResult.text || "";
+    showTranslation(textResult, terms);
     const sentences = textResult.sentences || [], select = $("sentence");
     select.replaceChildren(...sentences.map((s, i) => new Option(`${i + 1}. ${s.source}`, String(i))));
     $("sentence-picker").hidden = sentences.length < 2;
@@ -257,6 +391,8 @@
     }
     const id = newJobId(), form = new FormData(), bar = $("file-progress");
     for (const [name, value] of [["source", "fr"], ["target", "en"], ["job_id", id]]) form.append(name, value);
+    const terms = readGlossary();
+    if (terms.length) form.append("glossary", JSON.stringify(terms.map((t) => [t.source, t.target])));
     form.append("file", file);
     fileJob = id;
     $("file-result").hidden = true;
@@ -364,9 +500,15 @@
       if ($("live").checked && $("source").value.trim()) translate();
     });
     $("sentence").addEventListener("change", () => showSentence(+$("sentence").value));
+    $("add-term").addEventListener("click", () => addTermRow().querySelector("input").focus());
+    $("glossary").addEventListener("input", readGlossary);  // the hint follows the typing
+    $("glossary").addEventListener("change", () => {
+      if ($("live").checked && $("source").value.trim()) translate();
+    });
   }
 
   async function start() {
+    for (let i = 0; i < GLOSSARY_START_ROWS; i++) addTermRow();
     wire();
     setUpFiles();
     const [options, info] = await Promise.allSettled([api("api/v1/options"), api("api/v1/info")]);
