@@ -115,6 +115,7 @@ def write_readme_section(readme: Path, card: dict) -> None:
     """The model card's table of continuations, between its markers (appended the first time)."""
     t = card["training"]
     rows = [f"| {c['date']} | {c['from_step']:,}–{c['to_step']:,} | {c['minutes']:.0f} | {t_cum:.0f} | "
+            f"{c.get('precision', card['dev']['precision'])} | "
             + " | ".join(f"{c['dev_before'][k]:.2f} → {c['dev_after'][k]:.2f}" for k in c['dev_after']) + " |"
             for c, t_cum in zip(t["continuations"], _cumulative(t))]
     names = list(t["continuations"][-1]["dev_after"])
@@ -122,10 +123,11 @@ def write_readme_section(readme: Path, card: dict) -> None:
         README_MARK[0], "## Continued training", "",
         "Each row is one `scripts/continue_training.sh` run that shipped (a fresh Adam from the shipped weights,",
         "the step's learning rate; only a model no worse on any dev set and better on their sum ships). Dev BLEU:",
-        f"beam 4, α 0.6, {card['dev']['precision']}. Cumulative minutes: the fr→en training of this model, all its",
-        "stages (card.json: training).", "",
-        "| date | steps | minutes | cumulative minutes | " + " | ".join(names) + " |",
-        "|---|---|---:|---:|" + "---|" * len(names), *rows, README_MARK[1]])
+        "beam 4, α 0.6, at the precision `--precision auto` picked on that day's machine (the before and after of a",
+        "row compare like with like). Cumulative minutes: the fr→en training of this model, all its stages",
+        "(card.json: training).", "",
+        "| date | steps | minutes | cumulative minutes | precision | " + " | ".join(names) + " |",
+        "|---|---|---:|---:|---|" + "---|" * len(names), *rows, README_MARK[1]])
     text = readme.read_text() if readme.is_file() else ""
     if README_MARK[0] in text:
         head, rest = text.split(README_MARK[0], 1)
@@ -206,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                           "ships": best.name if ok else None}), flush=True)
         if ok:
             record = {"date": time.strftime("%Y-%m-%d"), "from_step": init_step, "to_step": step,
-                      "minutes": round(done, 1), "checkpoint": best.name, "dev_before": shipped, "dev_after": scored[best]}
+                      "minutes": round(done, 1), "checkpoint": best.name, "dev_before": shipped, "dev_after": scored[best],
+                      "precision": precision}
             continuations = training.setdefault("continuations", [])
             if continuations and continuations[-1]["from_step"] == init_step:  # this run's earlier segment
                 record["dev_before"] = continuations[-1]["dev_before"]
