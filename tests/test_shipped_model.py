@@ -53,7 +53,7 @@ EXPECTED = {
     "Un homme avec un chapeau orange regardant quelque chose.": "A man in an orange hat looking at something.",
     "Des gens réparent le toit d'une maison.": "People are fixing the roof of a house.",
     "Un homme en gilet est assis dans une chaise et tient des magazines.":
-        "A man in a vest is sitting in a chair and holding magazines.",
+        "A man in a vest sits in a chair and holds magazines.",
     "Une femme tenant un plat de nourriture dans une cuisine.": "A woman holding a dish of food in a kitchen.",
     "Une femme fait un saut périlleux sur un trampoline sur la plage.":
         "A woman does a flip on a trampoline on the beach.",
