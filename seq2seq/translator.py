@@ -7,6 +7,7 @@ with its one running batch; option validation lives in DecodeConfig, once.
 """
 from __future__ import annotations
 
+import ctypes
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import torch
 
 from seq2seq_api import glossary as terms
 
-from .attention_maps import AttentionMaps, attention_maps
+from .attention_maps import AttentionMaps, attention_maps, maps_bytes
 from .checkpoint import load_model
 from .config import PRECISIONS, ConfigError, DecodeConfig
 from .decoding import Cancelled, Engine, Hypothesis, Sentence, TooLarge
@@ -155,6 +156,24 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
 
 
+# After IDLE_RELEASE_S seconds without work the worker hands the heap's free pages back to the kernel. glibc's malloc
+# keeps what the caches of a large batch freed (long sources, 16 beams, min_len near 1,024: bad input does this)
+# inside its heap, where the tensors of the next, ordinary batches do not fit in the holes: fuzzed requests left a
+# server at 569 MB resident, which then peaked at 612 MB under a plain load that alone peaks at 508 MB
+# (docs/benchmarks.md, issue 25). A second's wait keeps it off a busy server's path.
+IDLE_RELEASE_S = 1.0
+try:
+    _malloc_trim = ctypes.CDLL(None).malloc_trim  # glibc; absent on macOS and musl
+except (OSError, AttributeError):
+    _malloc_trim = None
+
+
+def release_heap() -> bool:
+    """glibc's malloc_trim(0): return the free memory of every malloc arena to the kernel. False where there is none
+    (another C library; under jemalloc the call reaches glibc's unused heap and changes nothing)."""
+    return bool(_malloc_trim is not None and _malloc_trim(0))
+
+
 class Translator:
     """Args:
         model, tokenizer: a trained pair (see `from_checkpoint`).
@@ -198,6 +217,7 @@ class Translator:
         self.engine = Engine(model, self.device, max_batch_rows, int(max_cache_mb * 2 ** 20 / position_bytes),
                              share, glued)
         self.position_bytes = position_bytes
+        self.max_attention_mb: float | None = None  # see configure
         self.max_queue, self.closed, self.users = max_queue, False, 0
         self.observer: Callable[[int, int, int, int], None] | None = None
         self.cond = threading.Condition()  # guards the fields above; the worker waits on it
@@ -220,9 +240,11 @@ class Translator:
 
     def configure(self, max_batch_rows: int | None = None, max_cache_mb: float | None = None,
                   share: bool | None = None, max_queue: int | None = None,
-                  observer: Callable[[int, int, int, int], None] | None = None) -> "Translator":
+                  observer: Callable[[int, int, int, int], None] | None = None,
+                  max_attention_mb: float | None = None) -> "Translator":
         """Change the limits of the constructor (None = keep); observer(rows, requests, delivered, waiting) is
-        called after every step of the worker (the server's metrics)."""
+        called after every step of the worker (the server's metrics). max_attention_mb: a request whose attention
+        maps (`submit`) pass this many MB (`maps_bytes`, float32) fails with an InputError; no limit by default."""
         if max_batch_rows is not None:
             self.engine.max_rows = max_batch_rows
         if max_cache_mb is not None:
@@ -231,6 +253,8 @@ class Translator:
             self.engine.share = share
         if max_queue is not None:
             self.max_queue = max_queue
+        if max_attention_mb is not None:
+            self.max_attention_mb = max_attention_mb
         self.observer = observer or self.observer
         return self
 
@@ -297,12 +321,22 @@ class Translator:
         self.worker = None
 
     def _work(self) -> None:
+        stepped = False  # work done since the heap was last released
         while True:
+            idle = quiet = False
             with self.cond:
-                while not self.engine.busy() and not self.closed:
-                    self.cond.wait()
                 if self.closed and not self.engine.busy():
                     return
+                if not self.engine.busy():
+                    idle = True
+                    woken = self.cond.wait(IDLE_RELEASE_S if stepped else None)
+                    quiet = not woken and stepped and not self.engine.busy() and not self.closed
+            if quiet:  # a second without work: give back what the last batches left free (outside the lock)
+                release_heap()
+                stepped = False
+            if idle:
+                continue
+            stepped = True
             with self.stepping:
                 delivered = self.engine.step()  # never raises: a failed step fails its sentences (engine.step)
             if self.observer is not None:
@@ -415,8 +449,8 @@ class _Collector:
         self.translator, self.job, self.parts, self.src, self.layouts = translator, job, parts, src, layouts
         self.owner, self.maps, self.should_stop = owner, maps, should_stop
         self.pending = [sum(layout.lines) for layout in layouts]  # sentences still to come, per text
-        self.found: dict[int, SentenceResult] = {}
-        self.failed = False
+        self.found: dict[int, SentenceResult] = {}  # delivered sentences of the texts not yet handed over
+        self.failed, self.done, self.maps_bytes = False, 0, 0
 
     def deliver(self, k: int) -> Callable:
         return lambda hyps: self._deliver(k, hyps)
@@ -432,12 +466,20 @@ class _Collector:
             t = self.translator.detokenize(self.src[k], hyps)
             maps = None
             if self.maps:
+                self.maps_bytes += sum(maps_bytes(self.translator.model.config, len(h.source_tokens), len(h.tokens))
+                                       for h in (t, *t.alternatives))
+                limit = self.translator.max_attention_mb
+                if limit is not None and self.maps_bytes > limit * 2 ** 20:
+                    raise InputError(f"return_attention: this request's attention maps passed {limit:g} MB at "
+                                     f"sentence {self.done + len(self.found) + 1} of {len(self.parts)} (float32, every layer and "
+                                     f"head of every hypothesis): send fewer or shorter sentences, or lower n_best")
                 maps = tuple(self.translator.attention_maps(h) for h in (t, *t.alternatives))
             self.found[k] = SentenceResult(self.parts[k], t, maps)
             n = self.owner[k]
             self.pending[n] -= 1
             if self.pending[n] == 0:
-                mine = tuple(self.found[j] for j in range(len(self.parts)) if self.owner[j] == n)
+                mine = tuple(self.found.pop(j) for j in range(len(self.parts)) if self.owner[j] == n)
+                self.done += len(mine)
                 text = join_sentences([s.translation.text for s in mine], self.layouts[n])
                 self.job.events.put((n, TextResult(text, mine)))
         except Exception as e:  # the job's first error ends it; its other sentences are dropped

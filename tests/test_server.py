@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from seq2seq_client import TranslatorClient
 from seq2seq_api.translation.v1 import translator_pb2 as pb
 from seq2seq.config import ConfigError, DecodeConfig
+from seq2seq.attention_maps import maps_bytes
 from seq2seq.translator import Translator
 from seq2seq.sentences import split_sentences
 from server import convert
@@ -130,6 +131,68 @@ def test_without_cross_request_batching_each_step_serves_one_request(translator)
         assert replies == [t.text for t in translator.translate(TEXTS * 4)]
         steps, alone = requests_per_step(server)
         assert steps == alone > 0
+    finally:
+        server.stop(grace=0)
+
+
+def test_the_worker_gives_the_heap_back_after_a_quiet_second_never_while_busy(copy_model, monkeypatch):
+    """issue 25: after work, one release of glibc's free memory (malloc_trim) once the engine has been idle for
+    IDLE_RELEASE_S; none while requests keep it busy, none when there was no work."""
+    import seq2seq.translator as module
+
+    calls, busy = [], []
+    monkeypatch.setattr(module, "IDLE_RELEASE_S", 0.3)
+    translator = Translator.from_checkpoint(copy_model / "best.pt", device="cpu", max_input_tokens=40)
+    monkeypatch.setattr(module, "release_heap", lambda: calls.append(translator.engine.busy()) or True)
+    translator.start()
+    try:
+        time.sleep(0.6)
+        assert calls == []  # no work yet: nothing to give back
+        for _ in range(3):  # back to back: the engine is never quiet for 0.3 s
+            done = dict(translator.submit(TEXTS, DecodeConfig(beam_size=2)).results())  # {text index: result}
+            busy.append([done[i].text for i in range(len(TEXTS))])
+        assert len(calls) <= 1  # (a loaded machine may pause 0.3 s between two requests)
+        time.sleep(0.9)
+        assert calls and calls[-1] is False  # released once quiet, never during a step
+        n = len(calls)
+        time.sleep(0.6)
+        assert len(calls) == n  # once per quiet spell, not every 0.3 s
+        assert busy[0] == [t.text for t in translator.translate(TEXTS, DecodeConfig(beam_size=2))]
+    finally:
+        translator.stop()
+
+
+def test_attention_maps_past_the_servers_limit_are_invalid_argument_and_within_it_are_whole(copy_model):
+    """issue 25: the attention maps of one request are bounded by --max-attention-mb, counted as each sentence is
+    decoded (maps_bytes, which is what the tensors take); the maps within it are the model's, map for map (the
+    message is to_dict's content, built a map at a time)."""
+    translator = Translator.from_checkpoint(copy_model / "best.pt", device="cpu", max_input_tokens=40)
+    long = "ba ce di fo ga me ni po ra sa te lu ba ce di fo"  # 37 tokens; the copy model copies it
+    texts, config = [long] * 8, DecodeConfig(beam_size=8, n_best=8)
+    offline = translator.translate(texts[:1], config)[0]
+    one = sum(maps_bytes(translator.model.config, len(h.source_tokens), len(h.tokens))
+              for h in (offline, *offline.alternatives))
+    assert one == sum(4 * sum(x.numel() for x in (m.cross, m.decoder_self, m.encoder_self, m.cross_average))
+                      for m in map(translator.attention_maps, (offline, *offline.alternatives)))
+    assert one < 2 ** 20 < 8 * one  # one sentence fits 1 MB, eight do not
+    server = start(translator, max_attention_mb=1)
+    try:
+        with TranslatorClient(f"127.0.0.1:{server.port}", timeout=30) as c:
+            assert c.model_info().limits.max_attention_mb == 1
+            with pytest.raises(grpc.RpcError) as e:
+                c.translate(texts, {"beam_size": 8, "n_best": 8}, return_attention=True)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert re.fullmatch(r"return_attention: this request's attention maps passed 1 MB at sentence \d of 8 "
+                                r"\(float32, every layer and head of every hypothesis\): send fewer or shorter "
+                                r"sentences, or lower n_best", e.value.details()), e.value.details()
+            assert c.translate(texts, {"beam_size": 8, "n_best": 8}).results[7].text  # fine without attention
+            reply = c.translate(texts[:1], {"beam_size": 8, "n_best": 8}, return_attention=True)
+        hyps = reply.results[0].sentences[0].hypotheses
+        assert len(hyps) == 8
+        for hyp, t in zip(hyps, (offline, *offline.alternatives)):
+            assert hyp.text == t.text
+            assert hyp.attention == pb.Attention(**translator.attention_maps(t).to_dict())
+            assert len(hyp.attention.cross) == len(hyp.attention.encoder_self) == 2 * 2  # layers × heads
     finally:
         server.stop(grace=0)
 
