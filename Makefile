@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml client/stubs_build.py p
 	$(PY) -m pip install --quiet -e '.[serve,web,test,bench]'
 	touch $@
 
-# The stubs alone, after an edit of the proto (the same build step as the install)
+# The stubs alone, after an edit of the proto: the install's build step, whose isolated build environment has
+# grpcio-tools (the project's own environment does not)
 proto: $(VENV)/.installed
-	$(PY) -c 'import sys; sys.path.insert(0, "client"); import stubs_build; stubs_build.generate(stubs_build.HERE)'
+	$(PY) -m pip install --quiet --no-deps -e .
 
 venv: $(VENV)/.installed
 

@@ -9,6 +9,7 @@ random; unary and stream calls. Seeded: the same --seed sends the same requests.
 (one test_2016_flickr sentence per request, beam 4, C client threads).
 
     python bench/fuzz_memory.py --model models/fr-en-small --json /tmp/fuzz_memory.json
+    python bench/fuzz_memory.py --pause 3 ...     # the server idle 3 s between the phases (RSS read after it)
 """
 from __future__ import annotations
 
@@ -174,6 +175,10 @@ def run_server(args, sentences: list[str], requests: list[dict] | None) -> dict:
             out["fuzz"] = {"requests": len(requests), "seconds": round(time.perf_counter() - tic, 1),
                            "codes": dict(sorted(codes.items())), **status(proc.pid)}
             print(json.dumps({"fuzz": out["fuzz"]}), flush=True)
+            if args.pause:  # the server alone for a while: it gives its free heap back after a quiet second
+                time.sleep(args.pause)
+                out["pause"] = {"seconds": args.pause, **status(proc.pid)}
+                print(json.dumps({"pause": out["pause"]}), flush=True)
         tic = time.perf_counter()
         load(port, sentences, args.concurrency, args.requests)
         out["load"] = {"requests": args.requests, "concurrency": args.concurrency,
@@ -197,6 +202,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64, help="plain-load client threads")
     p.add_argument("--timeout", type=float, default=120, help="deadline of each fuzzed request, seconds")
     p.add_argument("--threads", type=int, default=2, help="the server's torch threads")
+    p.add_argument("--pause", type=float, default=0.0, help="seconds between the fuzz and the load (0: none)")
     p.add_argument("--precision", default="auto")
     p.add_argument("--max-cache-mb", type=float, help="the server's --max-cache-mb (default: its own)")
     p.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",

@@ -68,6 +68,14 @@ def _maps_dict(weights: Tensor) -> list[dict[str, Any]]:
     return [_map_dict(weights[l, h], l, h) for l in range(weights.size(0)) for h in range(weights.size(1))]
 
 
+def maps_bytes(config, source_len: int, target_len: int) -> int:
+    """Bytes of one translation's maps, float32 (the same in the proto message): cross (T × S) and decoder self
+    (T × T) per decoder layer and head, encoder self (S × S) per encoder layer and head, and the cross average.
+    config: the model's ModelConfig."""
+    s, t = source_len, target_len
+    return 4 * (config.n_heads * (config.n_dec_layers * (t * s + t * t) + config.n_layers * s * s) + t * s)
+
+
 def attention_maps(model: Transformer, src_ids: list[int], out_ids: list[int], source_tokens: tuple[str, ...],
                    target_tokens: tuple[str, ...]) -> AttentionMaps:
     """Recompute every attention map of one translation with one teacher-forced forward pass.

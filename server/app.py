@@ -82,6 +82,7 @@ class Server:
             translator = self._translator or Translator.from_checkpoint(
                 path, device=c.device, precision=c.precision, max_input_tokens=c.max_tokens)
             translator.configure(max_batch_rows=c.max_batch_rows, max_cache_mb=c.max_cache_mb, share=c.batching,
+                                 max_attention_mb=c.max_attention_mb,
                                  max_queue=c.max_queue, observer=self.metrics.observe_step)
             translator.translate(["Bonjour."])  # warm-up: the first decode allocates and picks kernels
             self.state.info = model_info(translator, path, c)
@@ -152,5 +153,6 @@ def model_info(translator: Translator, path, config: ServerConfig) -> pb.ModelIn
         scores=[pb.Score(**s) for s in meta.get("scores", [])],
         limits=pb.ServerLimits(max_texts=config.max_texts, max_chars=config.max_chars, max_tokens=config.max_tokens,
                                max_beam_size=config.max_beam_size, max_message_bytes=config.max_message_bytes,
-                               max_glossary_terms=config.max_glossary_terms),
+                               max_glossary_terms=config.max_glossary_terms,
+                               max_attention_mb=config.max_attention_mb),
         server_instance=f"{socket.gethostname()}:{os.getpid()}")

@@ -6,6 +6,7 @@ import dataclasses
 
 from seq2seq_api.translation.v1 import translator_pb2 as pb
 from seq2seq.config import ConfigError, DecodeConfig
+from seq2seq.attention_maps import AttentionMaps
 from seq2seq.translator import TextResult, Translation
 
 from .config import ServerConfig
@@ -58,12 +59,34 @@ def hypothesis(t: Translation, return_scores: bool, attention: pb.Attention | No
 
 
 
+def attention(maps: AttentionMaps) -> pb.Attention:
+    """The message `Attention` of one hypothesis, `maps.to_dict()`'s content built a map at a time: a map's floats
+    are a Python list (32 bytes each) only while they go into the message (4 bytes each). The whole `to_dict` at
+    once held them all so, 8× the message: attention maps for a few long sentences took the server up 176 MB
+    (issue 25)."""
+    layers = maps.cross.size(0)
+    message = pb.Attention(source_tokens=maps.source_tokens, target_tokens=maps.target_tokens,
+                           source_words=maps.source_words, target_words=maps.target_words, alignment=maps.alignment)
+    _fill(message.cross_average, maps.cross_average, layers - 1, -1)
+    for field, weights in ((message.cross, maps.cross), (message.decoder_self, maps.decoder_self),
+                           (message.encoder_self, maps.encoder_self)):
+        for layer in range(weights.size(0)):
+            for head in range(weights.size(1)):
+                _fill(field.add(), weights[layer, head], layer, head)
+    return message
+
+
+def _fill(out: pb.AttentionMap, weights, layer: int, head: int) -> None:
+    out.layer, out.head, (out.rows, out.cols) = layer, head, weights.shape
+    out.weights.extend(weights.reshape(-1).tolist())
+
+
 def text_result(result: TextResult, return_scores: bool) -> pb.TextResult:
     """A text's translation, with every sentence's hypotheses (and their attention maps, if they were computed)."""
     sentences = []
     for s in result.sentences:
         maps = s.maps or (None,) * (1 + len(s.translation.alternatives))
         sentences.append(pb.SentenceResult(source=s.source, hypotheses=[
-            hypothesis(t, return_scores, None if m is None else pb.Attention(**m.to_dict()))
+            hypothesis(t, return_scores, None if m is None else attention(m))
             for t, m in zip((s.translation, *s.translation.alternatives), maps)]))
     return pb.TextResult(text=result.text, sentences=sentences)

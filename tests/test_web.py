@@ -344,6 +344,13 @@ async def test_html_format_translates_segments_with_attention(monkeypatch):
         assert all(r.return_attention for r in translates)
         assert rendered[0][0] == {"text": "en:Un.", "sentences": [
             {"source": "Un.", "hypotheses": [{"text": "en:Un.", "score": -0.5}]}]}
+        # ... and of at most CHARS_PER_REQUEST characters: attention maps are bounded per request (issue 25)
+        monkeypatch.setattr(libretranslate, "CHARS_PER_REQUEST", 7)
+        rig.fakes[0].requests.clear()
+        assert (await post(rig, "/translate", json=body))[1]["translatedText"][0] == \
+            "<p>en:Un.</p><p>en:Deux.</p><p>en:Trois.</p>"
+        translates = [r for r in rig.fakes[0].requests if isinstance(r, pb.TranslateRequest)]
+        assert sorted(list(r.texts) for r in translates) == [["Deux."], ["Trois."], ["Un."]]  # 3 + 5 > 7
 
 
 # ---- LibreTranslate: the other endpoints --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from seq2seq_api.decoding import DecodeConfig
 from seq2seq_api.glossary import Glossary
 from seq2seq_api.translation.v1 import translator_pb2 as pb
 
-from ..documents import CONTENT_TYPES, DocumentError, Job, formats, open_document, translate_in_tasks, translated_name
+from ..documents import CHARS_PER_REQUEST, CONTENT_TYPES, DocumentError, Job, formats, open_document, translate_in_tasks, translated_name
 from .app import HTTP_STATUS, Replicas, public_message
 from .files import Jobs, Progress, TranslatedFiles, Upload, UploadError, read_upload
 from .html_format import HtmlTranslation
@@ -209,14 +209,21 @@ class LibreTranslate:
 
     async def translate_html(self, documents: list[str], key: str | None, terms: Glossary = ()) -> list[str]:
         """Each document's text segments translated, with attention (which places the inline tags), and put back.
-        Segments go in requests of at most the servers' max_texts, all at once: the servers batch them."""
+        Segments go in requests of at most the servers' max_texts and CHARS_PER_REQUEST characters (as files do: the
+        attention maps of a request are bounded, --max-attention-mb), all at once: the servers batch them."""
         pages = [HtmlTranslation(d) for d in documents]
         texts = [t for page in pages for t in page.texts]
         size = await self.replicas.max_texts(key) if texts else 1
+        starts, chars = [0], 0
+        for k, text in enumerate(texts):
+            if k > starts[-1] and (k - starts[-1] == size or chars + len(text) > CHARS_PER_REQUEST):
+                starts.append(k)
+                chars = 0
+            chars += len(text)
         replies = await asyncio.gather(*(
-            self.replicas.translate(pb.TranslateRequest(texts=texts[i:i + size], return_attention=True,
+            self.replicas.translate(pb.TranslateRequest(texts=texts[a:b], return_attention=True,
                                                         options=decoding_options(0, terms)), key)
-            for i in range(0, len(texts), size)))
+            for a, b in zip(starts, starts[1:] + [len(texts)]) if a < b))
         results = [MessageToDict(r, preserving_proto_field_name=True) for reply in replies for r in reply.results]
         out, i = [], 0
         for page in pages:
