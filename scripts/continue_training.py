@@ -14,7 +14,10 @@
    model on any dev set and better on their sum: exported beside MODEL, its card carried over with this
    continuation added (steps, minutes, dev BLEU before and after), then swapped in by two renames. Stopped at any
    minute, MODEL is the old model or the new one, whole; a swap cut between its renames is finished at the next start.
-4. With --card, the test sets of the card are scored again at the end when a model shipped (scripts/eval_model_card.py,
+4. A run that ships nothing is recorded too (card.json: training.attempts, and a row of the card's table): its best
+   candidate, its minutes and flags, a gain of 0. Issue 23 stops continuing after two runs in a row that gain less
+   than 0.2 dev BLEU each (the mean over the dev sets of the shipped model's change), so both kinds count.
+5. With --card, the test sets of the card are scored again at the end when a model shipped (scripts/eval_model_card.py,
    several minutes); without it, the shipped card says its test scores are of an earlier model.
 
 The run directory (--runs) holds the segments' checkpoints; delete it to start a new continuation from the shipped
@@ -111,38 +114,77 @@ def ship(candidate: Path, model: Path, card: dict) -> None:
     shutil.rmtree(previous)
 
 
+def gain(record: dict) -> float:
+    """What a continuation gave the shipped model: the mean over the dev sets of its change (0 when nothing shipped)."""
+    if not record.get("shipped", True):
+        return 0.0
+    return sum(record["dev_after"][k] - record["dev_before"][k] for k in record["dev_after"]) / len(record["dev_after"])
+
+
 def write_readme_section(readme: Path, card: dict) -> None:
-    """The model card's table of continuations, between its markers (appended the first time)."""
+    """The model card's table of continuations, shipped or not, between its markers (appended the first time)."""
     t = card["training"]
-    rows = [f"| {c['date']} | {c['from_step']:,}–{c['to_step']:,} | {c['minutes']:.0f} | {t_cum:.0f} | "
-            f"{c.get('precision', card['dev']['precision'])} | "
-            + " | ".join(f"{c['dev_before'][k]:.2f} → {c['dev_after'][k]:.2f}" for k in c['dev_after']) + " |"
-            for c, t_cum in zip(t["continuations"], _cumulative(t))]
-    names = list(t["continuations"][-1]["dev_after"])
+    shipped = [dict(c, cumulative_minutes=c.get("cumulative_minutes", t_cum))
+               for c, t_cum in zip(t.get("continuations", []), _cumulative(t))]
+    records = sorted(shipped + t.get("attempts", []), key=lambda c: (c["date"], c["from_step"], c["to_step"]))
+    rows = [f"| {c['date']} | {c['from_step']:,}–{c['to_step']:,} | {c['minutes']:.0f} | {c['cumulative_minutes']:.0f} | "
+            f"{c.get('precision', card['dev']['precision'])} | {'`' + c['flags'] + '`' if c.get('flags') else '—'} | "
+            + " | ".join(f"{c['dev_before'][k]:.2f} → {c['dev_after'][k]:.2f}" for k in c['dev_after'])
+            + f" | {gain(c):+.2f} | {'yes' if c.get('shipped', True) else 'no'} |"
+            for c in records]
+    names = list(records[-1]["dev_after"])
     table = "\n".join([
         README_MARK[0], "## Continued training", "",
-        "Each row is one `scripts/continue_training.sh` run that shipped (a fresh Adam from the shipped weights,",
-        "the step's learning rate; only a model no worse on any dev set and better on their sum ships). Dev BLEU:",
-        "beam 4, α 0.6, at the precision `--precision auto` picked on that day's machine (the before and after of a",
-        "row compare like with like). Cumulative minutes: the fr→en training of this model, all its stages",
-        "(card.json: training).", "",
-        "| date | steps | minutes | cumulative minutes | precision | " + " | ".join(names) + " |",
-        "|---|---|---:|---:|---|" + "---|" * len(names), *rows, README_MARK[1]])
+        "Each row is one `scripts/continue_training.sh` run (a fresh Adam from the shipped weights, the step's learning",
+        "rate; only a model no worse on any dev set and better on their sum ships). Dev BLEU: beam 4, α 0.6, at the",
+        "precision `--precision auto` picked on that day's machine (the before and after of a row compare like with",
+        "like); for a run that shipped nothing, *after* is its best candidate, which lost on a dev set. Cumulative",
+        "minutes: the fr→en training of the model the run started from, all its stages (card.json: training), plus",
+        "the run's. Gain: the mean over the dev sets of the shipped model's change.", "",
+        "| date | steps | minutes | cumulative minutes | precision | flags | " + " | ".join(names) + " | gain | shipped |",
+        "|---|---|---:|---:|---|---|" + "---|" * len(names) + "---:|---|", *rows, README_MARK[1]])
     text = readme.read_text() if readme.is_file() else ""
     if README_MARK[0] in text:
         head, rest = text.split(README_MARK[0], 1)
         text = head + table + rest.split(README_MARK[1], 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + table + "\n"
-    readme.write_text(text)
+    write_atomic(readme, text)
 
 
 def _cumulative(training: dict) -> list[float]:
-    total, out = training["minutes"] - sum(c["minutes"] for c in training["continuations"]), []
-    for c in training["continuations"]:
+    continuations = training.get("continuations", [])
+    total, out = training["minutes"] - sum(c["minutes"] for c in continuations), []
+    for c in continuations:
         total += c["minutes"]
         out.append(total)
     return out
+
+
+def record_attempt(model: Path, record: dict) -> None:
+    """A run that has shipped nothing (yet) into the shipped card: one record per run, replaced segment by segment.
+    Only card.json and README.md change; the weights stay as they were, byte for byte."""
+    card = read_card(model)
+    attempts = card["training"].setdefault("attempts", [])
+    attempts[:] = [a for a in attempts if a.get("started") != record["started"]] + [record]
+    write_card(model, card)
+    write_readme_section(model / "README.md", card)
+
+
+def forget_attempt(card: dict, started: str) -> None:
+    attempts = card["training"].get("attempts", [])
+    attempts[:] = [a for a in attempts if a.get("started") != started]
+    if not attempts:
+        card["training"].pop("attempts", None)
+
+
+def run_started(run: Path) -> str:
+    """When this run directory's continuation began: what ties its segments' records together across restarts."""
+    path = run / "continuation.json"
+    if not path.is_file():
+        run.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    return json.loads(path.read_text())["started"]
 
 
 def train_segment(args: argparse.Namespace, run: Path, minutes: float, init_step: int) -> None:
@@ -190,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"event": "shipped model", "dev": shipped}), flush=True)
     _, done, started_at = run_state(args.runs)
     init_step = started_at or training["steps"]  # of the model this run started from, fixed once it has a checkpoint
+    started, flags = run_started(args.runs), " ".join(args.train_args)
+    start_minutes = training["minutes"]  # of the model this run started from, when it starts
     shipped_any = False
     while done < args.minutes - 1e-6:
         target = min(args.minutes, done + args.segment_minutes)
@@ -206,10 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"event": "segment", "step": step, "minutes": round(done, 1), "wall_s": round(time.time() - tic),
                           "candidates": {c.name: s for c, s in scored.items()}, "shipped_dev": shipped,
                           "ships": best.name if ok else None}), flush=True)
+        record = {"date": time.strftime("%Y-%m-%d"), "started": started, "from_step": init_step, "to_step": step,
+                  "minutes": round(done, 1), "checkpoint": best.name, "dev_before": shipped, "dev_after": scored[best],
+                  "precision": precision, "flags": flags}
+        this_run_shipped = any(c["from_step"] == init_step for c in training.get("continuations", []))
+        if not ok and not this_run_shipped:
+            record_attempt(args.model, dict(record, shipped=False,
+                                            cumulative_minutes=round(start_minutes + record["minutes"], 1)))
+            card = read_card(args.model)
+            training = card["training"]
         if ok:
-            record = {"date": time.strftime("%Y-%m-%d"), "from_step": init_step, "to_step": step,
-                      "minutes": round(done, 1), "checkpoint": best.name, "dev_before": shipped, "dev_after": scored[best],
-                      "precision": precision}
+            forget_attempt(card, started)
             continuations = training.setdefault("continuations", [])
             if continuations and continuations[-1]["from_step"] == init_step:  # this run's earlier segment
                 record["dev_before"] = continuations[-1]["dev_before"]

@@ -68,6 +68,7 @@ def test_ships_a_model_that_beats_the_shipped_one(tmp_path, copy_corpus, shipped
     assert record["from_step"] == 150 and record["dev_before"] == {"copy dev": start}
     assert record["dev_after"]["copy dev"] > start and card["dev"]["bleu"] == record["dev_after"]
     assert card["training"]["steps"] == record["to_step"] > 150
+    assert "attempts" not in card["training"]  # a segment that lost before one shipped leaves no attempt behind
     assert card["training"]["minutes"] == pytest.approx(0.2 + record["minutes"], abs=0.05)
     assert digest(shipped)["model.safetensors"] != before["model.safetensors"]
     assert "## Continued training" in (shipped / "README.md").read_text()
@@ -89,10 +90,19 @@ def test_refuses_a_worse_model_and_leaves_the_shipped_one_as_it_was(tmp_path, co
     start, segments = lines[0]["dev"]["copy dev"], [x for x in lines if x["event"] == "segment"]
     assert len(segments) == 2 and all(s["ships"] is None for s in segments)
     assert start > 50 and all(sum(c.values()) < start for s in segments for c in s["candidates"].values())
-    after = digest(shipped)
-    assert {k: v for k, v in after.items() if k != "card.json"} == {k: v for k, v in before.items() if k != "card.json"}
+    after, records = digest(shipped), ("card.json", "README.md")
+    assert {k: v for k, v in after.items() if k not in records} == {k: v for k, v in before.items() if k not in records}
     card = json.loads((shipped / "card.json").read_text())
     assert "continuations" not in card["training"] and card["dev"]["bleu"] == {"copy dev": start}
+    assert card["training"]["steps"] == 600 and card["training"]["minutes"] == 0.2
+    # The run is in the card all the same: one record for its two segments, its best candidate, a gain of 0.
+    [attempt] = card["training"]["attempts"]
+    best = max(segments[-1]["candidates"].values(), key=lambda c: c["copy dev"])
+    assert attempt["shipped"] is False and attempt["from_step"] == 600 and attempt["to_step"] == segments[-1]["step"]
+    assert attempt["dev_before"] == {"copy dev": start} and attempt["dev_after"] == best
+    assert attempt["cumulative_minutes"] == pytest.approx(0.2 + attempt["minutes"]) and continue_training.gain(attempt) == 0
+    row = [r for r in (shipped / "README.md").read_text().splitlines() if r.startswith(f"| {attempt['date']} | 600–")]
+    assert len(row) == 1 and row[0].endswith(f"{start:.2f} → {best['copy dev']:.2f} | +0.00 | no |")
 
 
 def test_a_swap_cut_between_its_renames_is_finished(tmp_path, shipped):
