@@ -127,17 +127,19 @@ class Fuzzer:
                 "split_sentences": r.choice([None, True, False]), "stream": r.random() < 0.5}
 
 
-def fuzz(port: int, requests: list[dict], concurrency: int, timeout: float) -> Counter:
-    """Send the requests from `concurrency` threads; count the status codes."""
+def fuzz(port: int, requests: list[dict], concurrency: int, timeout: float, spans: dict | None = None) -> Counter:
+    """Send the requests from `concurrency` threads; count the status codes. spans: if given, filled with request
+    index -> (start, end, code), times from time.perf_counter (bench/fuzz_timeline.py)."""
     codes: Counter = Counter()
-    lock, todo = threading.Lock(), iter(requests)
+    lock, todo = threading.Lock(), iter(enumerate(requests))
 
     def worker(client: TranslatorClient) -> None:
         while True:
             with lock:
-                req = next(todo, None)
+                i, req = next(todo, (None, None))
             if req is None:
                 return
+            start = time.perf_counter()
             args = (req["texts"], req["options"], req["return_scores"], req["return_attention"],
                     req["split_sentences"])
             try:
@@ -151,6 +153,8 @@ def fuzz(port: int, requests: list[dict], concurrency: int, timeout: float) -> C
                 code = e.code().name
             with lock:
                 codes[code] += 1
+                if spans is not None:
+                    spans[i] = (start, time.perf_counter(), code)
 
     with TranslatorClient(f"127.0.0.1:{port}", timeout=timeout, retries=1) as client:
         threads = [threading.Thread(target=worker, args=(client,)) for _ in range(concurrency)]

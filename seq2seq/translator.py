@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,7 +29,7 @@ from .model import Transformer
 from .sentences import Layout, join_sentences, split_sentences
 from .tokenizer import EOS_ID, Tokenizer
 
-__all__ = ["Translator", "Translation", "SentenceResult", "TextResult", "Job", "InputError", "Cancelled", "QueueFull",
+__all__ = ["Translator", "Translation", "SentenceResult", "TextResult", "Job", "InputError", "Cancelled", "QueueFull", "ResourceBusy",
            "ShuttingDown", "TooLarge"]
 
 
@@ -38,6 +39,10 @@ class InputError(ValueError):
 
 class QueueFull(Exception):
     """More requests are waiting than the Translator's max_queue allows."""
+
+
+class ResourceBusy(QueueFull):
+    """The request fits the server's limits alone, but not beside the requests in flight (their attention maps)."""
 
 
 class ShuttingDown(Exception):
@@ -71,17 +76,23 @@ class TextResult:
 @dataclass(eq=False)
 class Job:
     """One request's texts on their way through the engine. `results()` yields (text index, TextResult) as each
-    text's last sentence is done, so a stream can send them; it raises the first error a sentence met."""
+    text's last sentence is done, so a stream can send them; it raises the first error a sentence met. When the
+    caller is done with them (all read, an error, or the generator closed), `on_close` runs: the request's attention
+    maps stop counting against the server's limit."""
 
     texts: int
     events: queue.Queue = field(default_factory=queue.Queue)
+    on_close: Callable[[], None] = lambda: None
 
     def results(self):
-        for _ in range(self.texts):
-            item = self.events.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        try:
+            for _ in range(self.texts):
+                item = self.events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.on_close()
 
 
 def fast_bf16_cpu() -> bool:
@@ -156,12 +167,15 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
 
 
-# After IDLE_RELEASE_S seconds without work the worker hands the heap's free pages back to the kernel. glibc's malloc
-# keeps what the caches of a large batch freed (long sources, 16 beams, min_len near 1,024: bad input does this)
-# inside its heap, where the tensors of the next, ordinary batches do not fit in the holes: fuzzed requests left a
-# server at 569 MB resident, which then peaked at 612 MB under a plain load that alone peaks at 508 MB
-# (docs/benchmarks.md, issue 25). A second's wait keeps it off a busy server's path.
+# The worker hands the heap's free pages back to the kernel (glibc's malloc_trim) after IDLE_RELEASE_S seconds without
+# work, and every BUSY_RELEASE_S seconds of work. glibc keeps what a batch's caches and logits freed inside its heap,
+# where tensors of other sizes do not fit in the holes: the caches are reallocated whenever the batch's rows or
+# longest output grow, to sizes that bad input (long sources, 16 beams, min_len near 1,024) makes vary widely. The
+# fuzz phase of bench/fuzz_memory.py without attention maps took a server to 654-662 MB resident; with a fixed 2 MB
+# mmap threshold (freed blocks go straight back) 505 MB, but 13-20% less throughput; with a trim every busy second
+# 578 MB, for ~1% (bench/server_ab.py; docs/benchmarks.md, issue 25). A trim takes ~7 ms when little is free.
 IDLE_RELEASE_S = 1.0
+BUSY_RELEASE_S = 1.0
 try:
     _malloc_trim = ctypes.CDLL(None).malloc_trim  # glibc; absent on macOS and musl
 except (OSError, AttributeError):
@@ -218,6 +232,8 @@ class Translator:
                              share, glued)
         self.position_bytes = position_bytes
         self.max_attention_mb: float | None = None  # see configure
+        self.maps_lock = threading.Lock()
+        self.maps_held = 0  # bytes of attention maps that the requests in flight hold, all together
         self.max_queue, self.closed, self.users = max_queue, False, 0
         self.observer: Callable[[int, int, int, int], None] | None = None
         self.cond = threading.Condition()  # guards the fields above; the worker waits on it
@@ -243,8 +259,10 @@ class Translator:
                   observer: Callable[[int, int, int, int], None] | None = None,
                   max_attention_mb: float | None = None) -> "Translator":
         """Change the limits of the constructor (None = keep); observer(rows, requests, delivered, waiting) is
-        called after every step of the worker (the server's metrics). max_attention_mb: a request whose attention
-        maps (`submit`) pass this many MB (`maps_bytes`, float32) fails with an InputError; no limit by default."""
+        called after every step of the worker (the server's metrics). max_attention_mb: the attention maps (`submit`,
+        `maps_bytes`, float32) that all requests in flight may hold together: a request whose own maps pass it fails
+        with an InputError, one that would pass it with those of others with ResourceBusy (retry); no limit by
+        default."""
         if max_batch_rows is not None:
             self.engine.max_rows = max_batch_rows
         if max_cache_mb is not None:
@@ -322,6 +340,7 @@ class Translator:
 
     def _work(self) -> None:
         stepped = False  # work done since the heap was last released
+        released = time.monotonic()
         while True:
             idle = quiet = False
             with self.cond:
@@ -333,12 +352,15 @@ class Translator:
                     quiet = not woken and stepped and not self.engine.busy() and not self.closed
             if quiet:  # a second without work: give back what the last batches left free (outside the lock)
                 release_heap()
-                stepped = False
+                stepped, released = False, time.monotonic()
             if idle:
                 continue
             stepped = True
             with self.stepping:
                 delivered = self.engine.step()  # never raises: a failed step fails its sentences (engine.step)
+            if time.monotonic() - released >= BUSY_RELEASE_S:  # and every busy second, between two steps
+                release_heap()
+                released = time.monotonic()
             if self.observer is not None:
                 e = self.engine
                 self.observer(e.n_rows, e.n_owners, delivered, len(e.waiting))
@@ -363,6 +385,7 @@ class Translator:
         constraints = [self.constraints(parts[k], src[k], config, owner[k]) for k in range(len(parts))]
         job = Job(len(texts))
         collect = _Collector(self, job, parts, src, layouts, owner, attention_maps, should_stop)
+        job.on_close = collect.release
         shortest_first = sorted(range(len(parts)), key=lambda k: len(src[k]))  # the first texts come back sooner
         config_plain = config.replace(glossary=())  # terms travel as each sentence's constraints
         sentences = [Sentence(src[k], config_plain, collect.deliver(k), return_attention, should_stop=should_stop,
@@ -450,7 +473,8 @@ class _Collector:
         self.owner, self.maps, self.should_stop = owner, maps, should_stop
         self.pending = [sum(layout.lines) for layout in layouts]  # sentences still to come, per text
         self.found: dict[int, SentenceResult] = {}  # delivered sentences of the texts not yet handed over
-        self.failed, self.done, self.maps_bytes = False, 0, 0
+        self.failed, self.done = False, 0
+        self.maps_bytes, self.closed = 0, False  # this request's share of translator.maps_held; closed: given back
 
     def deliver(self, k: int) -> Callable:
         return lambda hyps: self._deliver(k, hyps)
@@ -466,13 +490,8 @@ class _Collector:
             t = self.translator.detokenize(self.src[k], hyps)
             maps = None
             if self.maps:
-                self.maps_bytes += sum(maps_bytes(self.translator.model.config, len(h.source_tokens), len(h.tokens))
-                                       for h in (t, *t.alternatives))
-                limit = self.translator.max_attention_mb
-                if limit is not None and self.maps_bytes > limit * 2 ** 20:
-                    raise InputError(f"return_attention: this request's attention maps passed {limit:g} MB at "
-                                     f"sentence {self.done + len(self.found) + 1} of {len(self.parts)} (float32, every layer and "
-                                     f"head of every hypothesis): send fewer or shorter sentences, or lower n_best")
+                self._take(sum(maps_bytes(self.translator.model.config, len(h.source_tokens), len(h.tokens))
+                               for h in (t, *t.alternatives)))
                 maps = tuple(self.translator.attention_maps(h) for h in (t, *t.alternatives))
             self.found[k] = SentenceResult(self.parts[k], t, maps)
             n = self.owner[k]
@@ -484,4 +503,28 @@ class _Collector:
                 self.job.events.put((n, TextResult(text, mine)))
         except Exception as e:  # the job's first error ends it; its other sentences are dropped
             self.failed = True
+            self.release()  # what it held is dropped with it
             self.job.events.put(e)
+
+    def _take(self, n: int) -> None:
+        """Count n more bytes of maps against the server's limit, which holds for all requests in flight together
+        (16 concurrent requests with 32 MB each took a fuzzed server 75 MB higher, docs/benchmarks.md)."""
+        t, limit = self.translator, self.translator.max_attention_mb
+        with t.maps_lock:
+            if self.closed:
+                raise Cancelled("the request is over")
+            if limit is not None and self.maps_bytes + n > limit * 2 ** 20:
+                raise InputError(f"return_attention: this request's attention maps passed {limit:g} MB at sentence "
+                                 f"{self.done + len(self.found) + 1} of {len(self.parts)} (float32, every layer and "
+                                 f"head of every hypothesis): send fewer or shorter sentences, or lower n_best")
+            if limit is not None and t.maps_held + n > limit * 2 ** 20:
+                raise ResourceBusy(f"return_attention: the attention maps of the requests in flight fill the "
+                                   f"server's {limit:g} MB; retry in a moment")
+            t.maps_held += n
+            self.maps_bytes += n
+
+    def release(self) -> None:
+        """Give this request's share of the maps' budget back, once (the caller is done with the maps)."""
+        with self.translator.maps_lock:
+            self.translator.maps_held -= self.maps_bytes
+            self.maps_bytes, self.closed = 0, True

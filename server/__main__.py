@@ -24,18 +24,33 @@ def few_malloc_arenas(n: int = 2) -> bool:
     its own. Measured (docs/benchmarks.md): 600 MB with the variable against 620 without, then 628 MB with this call,
     all within what the peak varies from run to run; kept because it bounds the arenas by design. Must run before
     other threads start; returns False where it does nothing (not glibc, or MALLOC_ARENA_MAX given)."""
-    if "MALLOC_ARENA_MAX" in os.environ:
+    return _mallopt("MALLOC_ARENA_MAX", -8, n)  # M_ARENA_MAX, glibc's malloc.h
+
+
+def fixed_mmap_threshold(n: int = 4 * 2 ** 20) -> bool:
+    """Blocks of n bytes or more get their own mapping, handed back to the kernel when freed, as
+    MALLOC_MMAP_THRESHOLD_=n would set (unless the environment sets its own). glibc's default threshold rises to the
+    largest block freed (up to 32 MB), after which the decoder's caches, reallocated at sizes that bad input makes
+    vary widely, are carved from the heap and leave holes that other sizes do not fit. Measured with
+    bench/fuzz_memory.py (docs/benchmarks.md, issue 25): fuzzed requests took the server to 605 MB resident with
+    glibc's default, 523 MB with 4 MB; throughput 0.97x (bench/server_ab.py). 4 MB is above this model's per-step
+    tensors until a batch holds ~100 rows (the logits: 40 kB a row), below the caches of a large batch."""
+    return _mallopt("MALLOC_MMAP_THRESHOLD_", -3, n)  # M_MMAP_THRESHOLD
+
+
+def _mallopt(variable: str, param: int, value: int) -> bool:
+    if variable in os.environ:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    M_ARENA_MAX = -8  # glibc's malloc.h
-    return libc.mallopt(M_ARENA_MAX, n) == 1
+    return libc.mallopt(param, value) == 1
 
 
 def main(argv: list[str] | None = None) -> int:
     few_malloc_arenas()
+    fixed_mmap_threshold()
     require("seq2seq-serve", SERVE_MODULES, "'seq2seq-fr-en[serve]' (torch first: pip install torch==2.13.0)")
     config = parse_args(argv)
     setup_logging(config.log_format)

@@ -42,9 +42,10 @@ class ServerConfig:
     max_glossary_terms: int = opt(64, "glossary terms per request (at most 256): each is a constraint of the beam "
                                       "search")
     max_message_bytes: int = opt(4 * 1024 * 1024, "request size")
-    max_attention_mb: int = opt(32, "return_attention: the most its maps may take per request (float32, every layer "
-                                    "and head of every hypothesis, outputs at their length limit); more is "
-                                    "INVALID_ARGUMENT")
+    max_attention_mb: int = opt(32, "return_attention: the most its maps (float32, every layer and head of every "
+                                    "hypothesis) may take, all requests in flight together; a request whose own "
+                                    "maps pass it is INVALID_ARGUMENT, one that would pass it beside the maps of "
+                                    "others RESOURCE_EXHAUSTED (retry)")
     grace_s: float = opt(20.0, "on SIGTERM, how long in-flight requests may take to finish")
     metrics_port: int = opt(9090, "Prometheus /metrics over HTTP; -1 = off, 0 = any free port")
     metrics_host: str = opt("0.0.0.0", "address of the metrics endpoint")

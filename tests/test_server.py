@@ -135,13 +135,15 @@ def test_without_cross_request_batching_each_step_serves_one_request(translator)
         server.stop(grace=0)
 
 
-def test_the_worker_gives_the_heap_back_after_a_quiet_second_never_while_busy(copy_model, monkeypatch):
+def test_the_worker_gives_the_heap_back_after_a_quiet_second_and_every_busy_second(copy_model, monkeypatch):
     """issue 25: after work, one release of glibc's free memory (malloc_trim) once the engine has been idle for
-    IDLE_RELEASE_S; none while requests keep it busy, none when there was no work."""
+    IDLE_RELEASE_S, none when there was no work; and, while requests keep it busy, one every BUSY_RELEASE_S between
+    two steps, which changes no translation."""
     import seq2seq.translator as module
 
     calls, busy = [], []
     monkeypatch.setattr(module, "IDLE_RELEASE_S", 0.3)
+    monkeypatch.setattr(module, "BUSY_RELEASE_S", 1e9)
     translator = Translator.from_checkpoint(copy_model / "best.pt", device="cpu", max_input_tokens=40)
     monkeypatch.setattr(module, "release_heap", lambda: calls.append(translator.engine.busy()) or True)
     translator.start()
@@ -158,6 +160,55 @@ def test_the_worker_gives_the_heap_back_after_a_quiet_second_never_while_busy(co
         time.sleep(0.6)
         assert len(calls) == n  # once per quiet spell, not every 0.3 s
         assert busy[0] == [t.text for t in translator.translate(TEXTS, DecodeConfig(beam_size=2))]
+        # Busy: 20 ms steps, 60+ of them (min_len); a release every 0.2 s of work, with sentences still in the batch.
+        monkeypatch.setattr(module, "BUSY_RELEASE_S", 0.2)
+        translator.model = SlowModel(translator.model)
+        calls.clear()
+        config = DecodeConfig(beam_size=2, min_len=60, max_len_b=80)
+        done = dict(translator.submit(TEXTS, config).results())
+        assert calls.count(True) >= 3
+        assert [done[i].text for i in range(len(TEXTS))] == [t.text for t in translator.translate(TEXTS, config)]
+    finally:
+        translator.stop()
+
+
+def test_the_attention_maps_of_all_requests_in_flight_share_the_servers_limit(copy_model):
+    """issue 25: --max-attention-mb holds for the maps of all requests in flight together (sixteen fuzzed requests
+    with 32 MB each could hold 512 MB). A request that fits alone but not beside the maps that others still hold
+    gets ResourceBusy (RESOURCE_EXHAUSTED, retry); a request gives its share back once its results are read, when
+    the reader stops early, and when it fails."""
+    from seq2seq.translator import InputError, ResourceBusy
+    from server.errors import status_of
+
+    translator = Translator.from_checkpoint(copy_model / "best.pt", device="cpu", max_input_tokens=40)
+    text, config = "ba ce di fo ga me ni po ra", DecodeConfig(beam_size=2, n_best=2)
+    offline = translator.translate([text], config)[0]
+    one = sum(maps_bytes(translator.model.config, len(h.source_tokens), len(h.tokens))
+              for h in (offline, *offline.alternatives))
+    translator.configure(max_attention_mb=3.5 * one / 2 ** 20)  # three texts fit, four do not
+    translator.start()
+    try:
+        held = translator.submit([text] * 3, config, attention_maps=True)  # its maps are held until read
+        assert wait_until(lambda: translator.maps_held == 3 * one)
+        with pytest.raises(ResourceBusy, match=r"the attention maps of the requests in flight fill the server's "
+                                               r"[\d.]+ MB; retry in a moment"):
+            list(translator.submit([text], config, attention_maps=True).results())
+        assert status_of(ResourceBusy("")) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert translator.maps_held == 3 * one  # the refused request took nothing
+        results = dict(held.results())
+        assert translator.maps_held == 0  # read: given back
+        assert [len(results[i].sentences[0].maps) for i in range(3)] == [2, 2, 2]
+        assert results[0].sentences[0].maps[0].cross.equal(translator.attention_maps(offline).cross)
+        alone = dict(translator.submit([text], config, attention_maps=True).results())  # fits now
+        assert alone[0].text == offline.text and translator.maps_held == 0
+        early = translator.submit([text] * 2, config, attention_maps=True).results()
+        next(early)  # the reader stops after one text (a stream whose client left)
+        assert wait_until(lambda: translator.maps_held == 2 * one)
+        early.close()
+        assert translator.maps_held == 0
+        with pytest.raises(InputError, match="this request's attention maps passed"):  # alone over the limit
+            list(translator.submit([text] * 4, config, attention_maps=True).results())
+        assert translator.maps_held == 0
     finally:
         translator.stop()
 

@@ -6,6 +6,7 @@ Same set-up as tests/test_server.py (whose helpers it imports): a real server on
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -232,3 +233,35 @@ def test_the_server_limits_malloc_arenas_at_start_unless_the_environment_does(mo
     assert few_malloc_arenas() is False  # the user's setting stands
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert few_malloc_arenas() is (sys.platform == "linux")  # glibc's mallopt accepted it
+
+
+MMAP_PROBE = """
+import ctypes, sys
+from server.__main__ import fixed_mmap_threshold
+libc = ctypes.CDLL("libc.so.6")
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                               "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+print(fixed_mmap_threshold() if sys.argv[1] == "fixed" else None)
+libc.free(libc.malloc(20 << 20))  # glibc's default threshold rises to the largest mapped block freed: 20 MB
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(5 << 20)
+print(libc.mallinfo2().hblkhd - before >= 5 << 20)  # a mapping of its own, handed back when freed
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_the_server_fixes_the_mmap_threshold_so_that_large_blocks_go_back_when_freed(monkeypatch):
+    """issue 25: after a large block is freed, glibc carves later 5 MB blocks (the decoder's caches) from its heap;
+    with the server's fixed 4 MB threshold they keep mappings of their own. The environment's own setting stands."""
+    def probe(mode: str, **env) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", MMAP_PROBE, mode], cwd=ROOT, capture_output=True, text=True,
+                             env={k: v for k, v in {**os.environ, **env}.items() if v is not None}, check=True)
+        return out.stdout.split()
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert probe("default") == ["None", "False"]
+    assert probe("fixed") == ["True", "True"]
+    assert probe("fixed", MALLOC_MMAP_THRESHOLD_="33554432") == ["False", "False"]
