@@ -40,6 +40,7 @@ from seq2seq import checkpoint as ckpt  # noqa: E402
 from seq2seq.config import DecodeConfig  # noqa: E402
 from seq2seq.data import read_corpus  # noqa: E402
 from seq2seq.evaluate import score  # noqa: E402
+from seq2seq.plot import plot_continuations  # noqa: E402
 from seq2seq.shards import write_atomic  # noqa: E402
 from seq2seq.translate import translate_lines  # noqa: E402
 from seq2seq.translator import Translator, auto_precision, resolve_device  # noqa: E402
@@ -126,7 +127,8 @@ def write_readme_section(readme: Path, card: dict) -> None:
     t = card["training"]
     shipped = [dict(c, cumulative_minutes=c.get("cumulative_minutes", t_cum))
                for c, t_cum in zip(t.get("continuations", []), _cumulative(t))]
-    records = sorted(shipped + t.get("attempts", []), key=lambda c: (c["date"], c["from_step"], c["to_step"]))
+    records = sorted(shipped + t.get("attempts", []),  # in the order the runs started (older records: their date)
+                     key=lambda c: (c.get("started") or c["date"], c["from_step"]))
     rows = [f"| {c['date']} | {c['from_step']:,}–{c['to_step']:,} | {c['minutes']:.0f} | {c['cumulative_minutes']:.0f} | "
             f"{c.get('precision', card['dev']['precision'])} | {'`' + c['flags'] + '`' if c.get('flags') else '—'} | "
             + " | ".join(f"{c['dev_before'][k]:.2f} → {c['dev_after'][k]:.2f}" for k in c['dev_after'])
@@ -141,6 +143,7 @@ def write_readme_section(readme: Path, card: dict) -> None:
         "like); for a run that shipped nothing, *after* is its best candidate, which lost on a dev set. Cumulative",
         "minutes: the fr→en training of the model the run started from, all its stages (card.json: training), plus",
         "the run's. Gain: the mean over the dev sets of the shipped model's change.", "",
+        "![dev BLEU against cumulative training minutes](continuations.png)", "",
         "| date | steps | minutes | cumulative minutes | precision | flags | " + " | ".join(names) + " | gain | shipped |",
         "|---|---|---:|---:|---|---|" + "---|" * len(names) + "---:|---|", *rows, README_MARK[1]])
     text = readme.read_text() if readme.is_file() else ""
@@ -150,6 +153,7 @@ def write_readme_section(readme: Path, card: dict) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + table + "\n"
     write_atomic(readme, text)
+    plot_continuations(records, readme.with_name("continuations.png"))
 
 
 def _cumulative(training: dict) -> list[float]:

@@ -30,3 +30,33 @@ def plot_log(log_path: str | Path, png_path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+def plot_continuations(records: list[dict], png_path: str | Path) -> None:
+    """Dev BLEU against cumulative training minutes, one segment per continued-training run (scripts/
+    continue_training.py's card records, each with cumulative_minutes): from the model it started from to its best
+    candidate. Solid: shipped; dashed: not shipped. Each segment compares like with like (one precision), so
+    segments of different days need not meet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(records[0]["dev_after"]) if records else []
+    for name, color in zip(names, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+        for i, r in enumerate(records):
+            end = r["cumulative_minutes"]
+            xs, ys = [end - r["minutes"], end], [r["dev_before"][name], r["dev_after"][name]]
+            shipped = r.get("shipped", True)
+            ax.plot(xs, ys, "-" if shipped else "--", marker="o", color=color, alpha=1.0 if shipped else 0.6,
+                    markevery=None if shipped else [1], markerfacecolor=color if shipped else "white",
+                    label=name if i == 0 else None)
+    ax.set_xlabel("cumulative fr→en training minutes")
+    ax.set_ylabel("dev BLEU (beam 4)")
+    ax.set_title("continued training: shipped (solid), not shipped (dashed)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

@@ -90,7 +90,7 @@ def test_refuses_a_worse_model_and_leaves_the_shipped_one_as_it_was(tmp_path, co
     start, segments = lines[0]["dev"]["copy dev"], [x for x in lines if x["event"] == "segment"]
     assert len(segments) == 2 and all(s["ships"] is None for s in segments)
     assert start > 50 and all(sum(c.values()) < start for s in segments for c in s["candidates"].values())
-    after, records = digest(shipped), ("card.json", "README.md")
+    after, records = digest(shipped), ("card.json", "README.md", "continuations.png")
     assert {k: v for k, v in after.items() if k not in records} == {k: v for k, v in before.items() if k not in records}
     card = json.loads((shipped / "card.json").read_text())
     assert "continuations" not in card["training"] and card["dev"]["bleu"] == {"copy dev": start}
@@ -103,6 +103,7 @@ def test_refuses_a_worse_model_and_leaves_the_shipped_one_as_it_was(tmp_path, co
     assert attempt["cumulative_minutes"] == pytest.approx(0.2 + attempt["minutes"]) and continue_training.gain(attempt) == 0
     row = [r for r in (shipped / "README.md").read_text().splitlines() if r.startswith(f"| {attempt['date']} | 600–")]
     assert len(row) == 1 and row[0].endswith(f"{start:.2f} → {best['copy dev']:.2f} | +0.00 | no |")
+    assert (shipped / "continuations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curve, in the card
 
 
 def test_a_swap_cut_between_its_renames_is_finished(tmp_path, shipped):
