@@ -32,9 +32,10 @@ def fixed_mmap_threshold(n: int = 4 * 2 ** 20) -> bool:
     MALLOC_MMAP_THRESHOLD_=n would set (unless the environment sets its own). glibc's default threshold rises to the
     largest block freed (up to 32 MB), after which the decoder's caches, reallocated at sizes that bad input makes
     vary widely, are carved from the heap and leave holes that other sizes do not fit. Measured with
-    bench/fuzz_memory.py (docs/benchmarks.md, issue 25): fuzzed requests took the server to 605 MB resident with
-    glibc's default, 523 MB with 4 MB; throughput 0.97x (bench/server_ab.py). 4 MB is above this model's per-step
-    tensors until a batch holds ~100 rows (the logits: 40 kB a row), below the caches of a large batch."""
+    bench/fuzz_memory.py (docs/benchmarks.md, issue 25): fuzzed requests, then a plain load, took the server to a
+    605 MB peak with glibc's default, 558.9 MB with 4 MB; throughput 0.97x (bench/server_ab.py). 4 MB is above
+    this model's per-step tensors until a batch holds ~100 rows (the logits: 40 kB a row), below the caches of a
+    large batch."""
     return _mallopt("MALLOC_MMAP_THRESHOLD_", -3, n)  # M_MMAP_THRESHOLD
 
 
