@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         proc.terminate()
     at, rss = max(samples, key=lambda s: s[1])
-    print(json.dumps({"peak_rss_mb": peak["peak_rss_mb"], "sampled_peak_mb": rss, "seconds": round(time.perf_counter() - tic, 1),
-                      "codes": dict(codes)}))
+    print(json.dumps({"peak_rss_mb": peak["peak_rss_mb"], "sampled_peak_mb": rss,
+                      "seconds": round(time.perf_counter() - tic, 1), "codes": dict(codes)}))
     for i, (start, end, code) in sorted(spans.items()):
         if start <= at <= end and code == "OK":
             r = requests[i]

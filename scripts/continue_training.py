@@ -129,22 +129,23 @@ def write_readme_section(readme: Path, card: dict) -> None:
                for c, t_cum in zip(t.get("continuations", []), _cumulative(t))]
     records = sorted(shipped + t.get("attempts", []),  # in the order the runs started (older records: their date)
                      key=lambda c: (c.get("started") or c["date"], c["from_step"]))
-    rows = [f"| {c['date']} | {c['from_step']:,}–{c['to_step']:,} | {c['minutes']:.0f} | {c['cumulative_minutes']:.0f} | "
-            f"{c.get('precision', card['dev']['precision'])} | {'`' + c['flags'] + '`' if c.get('flags') else '—'} | "
+    rows = [f"| {c['date']} | {c['from_step']:,}–{c['to_step']:,} | {c['minutes']:.0f} | "
+            f"{c['cumulative_minutes']:.0f} | {c.get('precision', card['dev']['precision'])} | {'`' + c['flags'] + '`' if c.get('flags') else '—'} | "
             + " | ".join(f"{c['dev_before'][k]:.2f} → {c['dev_after'][k]:.2f}" for k in c['dev_after'])
             + f" | {gain(c):+.2f} | {'yes' if c.get('shipped', True) else 'no'} |"
             for c in records]
     names = list(records[-1]["dev_after"])
     table = "\n".join([
         README_MARK[0], "## Continued training", "",
-        "Each row is one `scripts/continue_training.sh` run (a fresh Adam from the shipped weights, the step's learning",
-        "rate; only a model no worse on any dev set and better on their sum ships). Dev BLEU: beam 4, α 0.6, at the",
-        "precision `--precision auto` picked on that day's machine (the before and after of a row compare like with",
-        "like); for a run that shipped nothing, *after* is its best candidate, which lost on a dev set. Cumulative",
-        "minutes: the fr→en training of the model the run started from, all its stages (card.json: training), plus",
-        "the run's. Gain: the mean over the dev sets of the shipped model's change.", "",
+        "Each row is one `scripts/continue_training.sh` run (a fresh Adam from the shipped weights, the step's",
+        "learning rate; only a model no worse on any dev set and better on their sum ships). Dev BLEU: beam 4, α 0.6,",
+        "at the precision `--precision auto` picked on that day's machine (the before and after of a row compare",
+        "like with like); for a run that shipped nothing, *after* is its best candidate, which lost on a dev set.",
+        "Cumulative minutes: the fr→en training of the model the run started from, all its stages (card.json:",
+        "training), plus the run's. Gain: the mean over the dev sets of the shipped model's change.", "",
         "![dev BLEU against cumulative training minutes](continuations.png)", "",
-        "| date | steps | minutes | cumulative minutes | precision | flags | " + " | ".join(names) + " | gain | shipped |",
+        "| date | steps | minutes | cumulative minutes | precision | flags | " + " | ".join(names)
+        + " | gain | shipped |",
         "|---|---|---:|---:|---|---|" + "---|" * len(names) + "---:|---|", *rows, README_MARK[1]])
     text = readme.read_text() if readme.is_file() else ""
     if README_MARK[0] in text:

@@ -29,8 +29,8 @@ from .model import Transformer
 from .sentences import Layout, join_sentences, split_sentences
 from .tokenizer import EOS_ID, Tokenizer
 
-__all__ = ["Translator", "Translation", "SentenceResult", "TextResult", "Job", "InputError", "Cancelled", "QueueFull", "ResourceBusy",
-           "ShuttingDown", "TooLarge"]
+__all__ = ["Translator", "Translation", "SentenceResult", "TextResult", "Job", "InputError", "Cancelled", "QueueFull",
+           "ResourceBusy", "ShuttingDown", "TooLarge"]
 
 
 class InputError(ValueError):

@@ -100,7 +100,8 @@ def test_refuses_a_worse_model_and_leaves_the_shipped_one_as_it_was(tmp_path, co
     best = max(segments[-1]["candidates"].values(), key=lambda c: c["copy dev"])
     assert attempt["shipped"] is False and attempt["from_step"] == 600 and attempt["to_step"] == segments[-1]["step"]
     assert attempt["dev_before"] == {"copy dev": start} and attempt["dev_after"] == best
-    assert attempt["cumulative_minutes"] == pytest.approx(0.2 + attempt["minutes"]) and continue_training.gain(attempt) == 0
+    assert attempt["cumulative_minutes"] == pytest.approx(0.2 + attempt["minutes"])
+    assert continue_training.gain(attempt) == 0
     row = [r for r in (shipped / "README.md").read_text().splitlines() if r.startswith(f"| {attempt['date']} | 600–")]
     assert len(row) == 1 and row[0].endswith(f"{start:.2f} → {best['copy dev']:.2f} | +0.00 | no |")
     assert (shipped / "continuations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curve, in the card
