@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from fuzz_memory import Fuzzer, fuzz, status  # noqa: E402
-from serve import start_server  # noqa: E402
+from serve import name_value, start_server  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--no-attention", action="store_true", help="no request asks for attention maps")
-    p.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE", help="the server's environment")
+    p.add_argument("--server-env", nargs="*", type=name_value, default=[], metavar="NAME=VALUE", help="the server's environment")
     args = p.parse_args(argv)
     with gzip.open(args.data, "rt", encoding="utf-8") as f:
         sentences = [line.strip() for line in f if line.strip()]
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     requests = [fuzzer.request() for _ in range(args.requests)]
     for r in requests:
         r["return_attention"] = r["return_attention"] and not args.no_attention
-    proc, port = start_server(args.model, 2, "auto", True, extra_env=dict(v.split("=", 1) for v in args.server_env))
+    proc, port = start_server(args.model, 2, "auto", True, extra_env=dict(args.server_env))
     samples, spans, stop = [], {}, threading.Event()  # (time, RSS MB); request index -> (start, end, code)
 
     def sample() -> None:

@@ -24,21 +24,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from fuzz_memory import status  # noqa: E402
-from serve import load, start_server  # noqa: E402
-
-
-def pairs(values: list[str]) -> dict[str, str]:
-    return dict(v.split("=", 1) for v in values)
+from serve import load, name_value, start_server  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(ROOT / "models" / "fr-en-small"))
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "multi30k" / "test_2016_flickr.fr.gz"))
-    p.add_argument("--a-env", nargs="*", default=[], metavar="NAME=VALUE", help="server A's environment")
-    p.add_argument("--b-env", nargs="*", default=[], metavar="NAME=VALUE")
-    p.add_argument("--a-settings", nargs="*", default=[], metavar="NAME=VALUE", help="SEQ2SEQ_<NAME> of server A")
-    p.add_argument("--b-settings", nargs="*", default=[], metavar="NAME=VALUE")
+    p.add_argument("--a-env", nargs="*", type=name_value, default=[], metavar="NAME=VALUE", help="server A's environment")
+    p.add_argument("--b-env", nargs="*", type=name_value, default=[], metavar="NAME=VALUE")
+    p.add_argument("--a-settings", nargs="*", type=name_value, default=[], metavar="NAME=VALUE", help="SEQ2SEQ_<NAME> of server A")
+    p.add_argument("--b-settings", nargs="*", type=name_value, default=[], metavar="NAME=VALUE")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--requests", type=int, default=384, help="per server and round")
     p.add_argument("--concurrency", type=int, default=32)
@@ -50,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         sentences = [line.strip() for line in f if line.strip()]
     servers = {}
     for name, env, settings in (("A", args.a_env, args.a_settings), ("B", args.b_env, args.b_settings)):
-        servers[name] = start_server(args.model, args.threads, args.precision, True, extra_env=pairs(env),
-                                     settings=pairs(settings))
+        servers[name] = start_server(args.model, args.threads, args.precision, True, extra_env=dict(env),
+                                     settings=dict(settings))
     try:
         for _, port in servers.values():  # warm-up: the kernels of the common shapes
             load(port, sentences, args.concurrency, 64)
@@ -63,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                 rate[name] = args.requests / wall
             rounds.append({"A": round(rate["A"], 2), "B": round(rate["B"], 2), "B/A": round(rate["B"] / rate["A"], 3)})
             print(json.dumps(rounds[-1]), flush=True)
-        out = {"a": {"env": pairs(args.a_env), "settings": pairs(args.a_settings)},
-               "b": {"env": pairs(args.b_env), "settings": pairs(args.b_settings)},
+        out = {"a": {"env": dict(args.a_env), "settings": dict(args.a_settings)},
+               "b": {"env": dict(args.b_env), "settings": dict(args.b_settings)},
                "concurrency": args.concurrency, "requests": args.requests, "rounds": rounds,
                "median_b_over_a": statistics.median(r["B/A"] for r in rounds),
                "peak_rss_mb": {name: status(proc.pid)["peak_rss_mb"] for name, (proc, _) in servers.items()}}

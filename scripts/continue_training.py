@@ -129,11 +129,11 @@ def write_readme_section(readme: Path, card: dict) -> None:
                for c, t_cum in zip(t.get("continuations", []), _cumulative(t))]
     records = sorted(shipped + t.get("attempts", []),  # in the order the runs started (older records: their date)
                      key=lambda c: (c.get("started") or c["date"], c["from_step"]))
-    rows = [f"| {c['date']} | {c['from_step']:,}–{c['to_step']:,} | {c['minutes']:.0f} | "
-            f"{c['cumulative_minutes']:.0f} | {c.get('precision', card['dev']['precision'])} | {'`' + c['flags'] + '`' if c.get('flags') else '—'} | "
-            + " | ".join(f"{c['dev_before'][k]:.2f} → {c['dev_after'][k]:.2f}" for k in c['dev_after'])
-            + f" | {gain(c):+.2f} | {'yes' if c.get('shipped', True) else 'no'} |"
-            for c in records]
+    rows = ["| " + " | ".join([
+        c["date"], f"{c['from_step']:,}–{c['to_step']:,}", f"{c['minutes']:.0f}", f"{c['cumulative_minutes']:.0f}",
+        c.get("precision", card["dev"]["precision"]), f"`{c['flags']}`" if c.get("flags") else "—",
+        *(f"{c['dev_before'][k]:.2f} → {c['dev_after'][k]:.2f}" for k in c["dev_after"]),
+        f"{gain(c):+.2f}", "yes" if c.get("shipped", True) else "no"]) + " |" for c in records]
     names = list(records[-1]["dev_after"])
     table = "\n".join([
         README_MARK[0], "## Continued training", "",
